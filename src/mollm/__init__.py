@@ -1,0 +1,45 @@
+"""mollm: multi-objective unlearning of large language models.
+
+Python API (mirrors the CLI)::
+
+    import mollm
+    config = mollm.load_config("configs/mollm.yaml", ["optimizer.lr=3e-5"])
+    result = mollm.unlearn(config)          # -> RunResult(run_dir, model_dir, steps, status, metrics, evaluations)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "finetune", "load_config", "unlearn"]
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None):
+    """Load and validate a run configuration (YAML path or dict) with ``key=value`` overrides."""
+    from mollm.engine.config import load_config as _load
+
+    return _load(source, overrides)
+
+
+def _run(config, mode: str, overrides: list[str] | None, **kwargs):
+    from mollm.engine.config import RunConfig
+    from mollm.engine.run import run
+
+    if not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        config = load_config(config.model_dump(mode="json"), overrides)
+    return run(config.model_copy(update={"mode": mode}), **kwargs)
+
+
+def unlearn(config, overrides: list[str] | None = None, **kwargs):
+    """Run unlearning as configured; returns a :class:`mollm.engine.run.RunResult`."""
+    return _run(config, "unlearn", overrides, **kwargs)
+
+
+def finetune(config, overrides: list[str] | None = None, **kwargs):
+    """Fine-tune (e.g. one ``nll`` objective) to build a target model; returns a ``RunResult``."""
+    return _run(config, "finetune", overrides, **kwargs)

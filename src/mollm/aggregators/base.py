@@ -1,0 +1,105 @@
+"""The aggregator interface and registry.
+
+An aggregator maps the Gramian G = J Jᵀ of m objective gradients (G_ij = ⟨g_i, g_j⟩) to coefficients c, and the
+update direction is d = Jᵀc = Σ_i c_i g_i. Working on the m×m Gramian only keeps the solvers tiny and independent of
+the model size. Every aggregator solves in float64 on the CPU and returns c with the input's dtype and device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+_SYMMETRY_RTOL = 1e-4
+
+
+class AggregatorOptions(BaseModel):
+    """Base class of an aggregator's options; unknown keys are errors (a typo must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Aggregator(ABC):
+    """Maps a Gramian (m×m, symmetric PSD) to m coefficients. Subclasses set ``name``, ``Options``, ``_solve``."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[AggregatorOptions]] = AggregatorOptions
+    #: False when the coefficients do not depend on G (the engine may then skip computing it and pass any (m, m)).
+    needs_gramian: ClassVar[bool] = True
+
+    def __init__(self, **options: Any) -> None:
+        try:
+            self.options = self.Options(**options)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"option '{'.'.join(str(p) for p in err['loc']) or '?'}': {err['msg']}" for err in exc.errors()
+            )
+            raise ValueError(f"aggregator '{self.name}': {problems}") from None
+
+    def __call__(self, gramian: torch.Tensor) -> torch.Tensor:
+        """Return the coefficients c (shape (m,), same dtype and device as ``gramian``)."""
+        g = _check_gramian(gramian, self.name)
+        c = self._solve(g)
+        if c.shape != (g.shape[0],) or not np.all(np.isfinite(c)):
+            # Never hand a NaN to the optimizer silently.
+            raise FloatingPointError(f"aggregator '{self.name}' produced non-finite coefficients {c} for G={g}")
+        return torch.as_tensor(c, dtype=torch.float64).to(dtype=gramian.dtype, device=gramian.device)
+
+    @abstractmethod
+    def _solve(self, gram: np.ndarray) -> np.ndarray:
+        """Coefficients for a checked, symmetric float64 Gramian (m×m numpy array)."""
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
+        return f"{type(self).__name__}({opts})"
+
+
+def _check_gramian(gramian: torch.Tensor, name: str) -> np.ndarray:
+    if not isinstance(gramian, torch.Tensor):
+        raise TypeError(f"aggregator '{name}': gramian must be a torch.Tensor, got {type(gramian).__name__}")
+    if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1] or gramian.shape[0] == 0:
+        raise ValueError(f"aggregator '{name}': gramian must be a non-empty square (m, m) matrix, got {tuple(gramian.shape)}")
+    if not gramian.is_floating_point():
+        raise ValueError(f"aggregator '{name}': gramian must be a floating-point tensor, got {gramian.dtype}")
+    g = gramian.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+    if not np.all(np.isfinite(g)):
+        raise ValueError(f"aggregator '{name}': gramian contains NaN or inf: {g}")
+    scale = float(np.abs(g).max())
+    if float(np.abs(g - g.T).max()) > _SYMMETRY_RTOL * scale:
+        raise ValueError(f"aggregator '{name}': gramian is not symmetric: {g}")
+    if float(np.diag(g).min()) < -_SYMMETRY_RTOL * scale:
+        raise ValueError(f"aggregator '{name}': gramian has a negative diagonal (squared norms): {np.diag(g)}")
+    g = 0.5 * (g + g.T)
+    # Rounding can leave a -1e-20 on the diagonal; squared norms are >= 0.
+    np.fill_diagonal(g, np.maximum(np.diag(g), 0.0))
+    return g
+
+
+_REGISTRY: dict[str, type[Aggregator]] = {}
+_A = TypeVar("_A", bound=type[Aggregator])
+
+
+def register(cls: _A) -> _A:
+    """Class decorator: make an aggregator available to :func:`get` under ``cls.name``."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"aggregator name '{cls.name}' is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of the registered aggregators, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **options: Any) -> Aggregator:
+    """Build the aggregator called ``name`` with validated ``options`` (ValueError naming a bad option or name)."""
+    try:
+        cls = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown aggregator {name!r}; available: {', '.join(available())}") from None
+    return cls(**options)

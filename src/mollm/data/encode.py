@@ -1,0 +1,79 @@
+"""Turn question-answer records into token batches whose labels mask everything but the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from mollm.data.records import QARecord
+from mollm.objectives.base import IGNORE_INDEX
+
+PLAIN_TEMPLATE = "### Question: {question}\n ### Answer: "
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a question becomes a prompt: the tokenizer's chat template or a plain ``{question}`` template."""
+
+    kind: Literal["chat", "plain"] = "plain"
+    template: str = PLAIN_TEMPLATE
+
+    def prompt(self, tokenizer, question: str) -> str:
+        if self.kind == "chat" and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+            )
+        return self.template.format(question=question)
+
+
+def encode_record(
+    record: QARecord, tokenizer, fmt: PromptFormat = PromptFormat(), max_length: int = 256
+) -> dict[str, list[int]]:
+    """Tokenise one record: prompt tokens then answer tokens (+ EOS); labels are -100 on the prompt.
+
+    Truncation cuts the answer's end; an answer cut away entirely is a :class:`DataError` naming the record.
+    """
+    prompt_ids = tokenizer(fmt.prompt(tokenizer, record.question), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(record.answer, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        answer_ids = answer_ids + [tokenizer.eos_token_id]
+    ids = (prompt_ids + answer_ids)[:max_length]
+    n_answer = len(ids) - len(prompt_ids)
+    if n_answer <= 0 or not record.answer.strip():
+        where = record.source or "record"
+        raise DataError(
+            f"{where}: field 'answer' leaves no answer token after truncation to max_length={max_length} "
+            f"(prompt has {len(prompt_ids)} tokens, answer {len(answer_ids)}); raise max_length or shorten the prompt"
+        )
+    labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad encoded examples into a batch of long tensors."""
+    width = max(len(e["input_ids"]) for e in examples)
+    out = {
+        "input_ids": torch.full((len(examples), width), pad_token_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
+        "labels": torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long),
+    }
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        for key in out:
+            out[key][i, :n] = torch.tensor(e[key], dtype=torch.long)
+    return out
+
+
+def encode_batch(
+    records: Sequence[QARecord], tokenizer, fmt: PromptFormat = PromptFormat(), max_length: int = 256
+) -> dict[str, torch.Tensor]:
+    """Encode and collate ``records`` in one call."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return collate([encode_record(r, tokenizer, fmt, max_length) for r in records], pad)

@@ -1,0 +1,132 @@
+"""One string names a data set in configs: ``load_dataset_spec("tofu:/data/forget01.json")``.
+
+Syntax: ``KIND:ARGUMENT[#OPTION]``, or a plain file path / Hugging Face id.
+
+==============================================  ==================================================================
+spec                                            records
+==============================================  ==================================================================
+``tofu:PATH``                                   a TOFU split (:func:`~mollm.data.readers.read_tofu`)
+``truthfulqa:PATH[#train|val|test|all]``        TruthfulQA, one split of the seeded 70/10/20 split (default all);
+                                                ``#train@SEED`` picks the split's seed (default 0)
+``pku:PATH[#unsafe|safe|all]``                  PKU-SafeRLHF responses (default ``unsafe``: the forget set)
+``facts:forget|retain|all[#KEY=V,...]``         built-in fictitious facts (:func:`~mollm.data.facts.make_facts`);
+                                                keys ``n_people``, ``seed``, ``forget_fraction``
+``hf:ID[#SPLIT]``                               a Hugging Face dataset (default split ``train``)
+``file:PATH`` or ``PATH``                       a .jsonl/.json/.csv/.parquet file (:func:`load_records`); a plain
+                                                string that is not an existing path is tried as a hub id
+==============================================  ==================================================================
+
+Only these kind names are treated as prefixes, so Windows paths such as ``C:\\data\\x.json`` stay plain paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mollm.data.encode import DataError
+from mollm.data.facts import make_facts
+from mollm.data.loading import load_hub_dataset, load_records
+from mollm.data.readers import read_pku_saferlhf, read_tofu, read_truthfulqa
+from mollm.data.records import QARecord
+
+SPEC_KINDS: tuple[str, ...] = ("tofu", "truthfulqa", "pku", "facts", "hf", "file")
+
+
+def load_dataset_spec(
+    spec: str | Path,
+    *,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    limit: int | None = None,
+) -> list[QARecord]:
+    """Load the records a spec string names (syntax in this module's docstring).
+
+    ``question_field``/``answer_field`` apply to plain files and hub datasets only; ``limit`` keeps the first records.
+    Raises :class:`DataError` for an unknown option, naming the spec and the accepted values.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive integer or None, got {limit}")
+    if isinstance(spec, Path):
+        return load_records(spec, question_field=question_field, answer_field=answer_field, limit=limit)
+    text = spec.strip()
+    if not text:
+        raise DataError("empty data spec; expected e.g. 'tofu:PATH', 'facts:forget' or a file path")
+    kind, sep, rest = text.partition(":")
+    if not sep or kind.lower() not in SPEC_KINDS:
+        return load_records(text, question_field=question_field, answer_field=answer_field, limit=limit)
+    kind = kind.lower()
+    argument, _, option = rest.rpartition("#") if "#" in rest else (rest, "", "")
+    if not argument:
+        raise DataError(f"data spec {spec!r}: nothing after '{kind}:'; expected a path or name")
+
+    records: list[QARecord]
+    if kind == "tofu":
+        _no_option(spec, option)
+        records = read_tofu(argument)
+    elif kind == "truthfulqa":
+        split_name, _, seed_text = (option or "all").partition("@")
+        if split_name not in ("train", "val", "test", "all"):
+            raise DataError(
+                f"data spec {spec!r}: unknown TruthfulQA split {split_name!r}; expected train, val, test or all"
+            )
+        seed = _int(spec, "seed", seed_text) if seed_text else 0
+        split = None if split_name == "all" else split_name
+        records = read_truthfulqa(argument, split, seed=seed)  # type: ignore[arg-type]
+    elif kind == "pku":
+        which = option or "unsafe"
+        if which not in ("unsafe", "safe", "all"):
+            raise DataError(
+                f"data spec {spec!r}: unknown PKU-SafeRLHF selection {which!r}; expected unsafe, safe or all"
+            )
+        records = read_pku_saferlhf(argument, which=which)  # type: ignore[arg-type]
+    elif kind == "facts":
+        records = _facts(spec, argument, option)
+    elif kind == "hf":
+        records = load_hub_dataset(argument, question_field=question_field, answer_field=answer_field,
+                                   split=option or "train")
+    else:  # file
+        _no_option(spec, option)
+        records = load_records(Path(argument), question_field=question_field, answer_field=answer_field)
+    return records[:limit] if limit is not None else records
+
+
+def _facts(spec: str, split: str, option: str) -> list[QARecord]:
+    kwargs: dict[str, float | int] = {}
+    for item in filter(None, (p.strip() for p in option.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or key not in ("n_people", "seed", "forget_fraction"):
+            raise DataError(
+                f"data spec {spec!r}: unknown facts option {item!r}; expected n_people=, seed=, forget_fraction="
+            )
+        kwargs[key] = _float(spec, key, value) if key == "forget_fraction" else _int(spec, key, value)
+    try:
+        facts = make_facts(**kwargs)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise DataError(f"data spec {spec!r}: {e}") from e
+    if split == "forget":
+        return facts.forget
+    if split == "retain":
+        return facts.retain
+    if split == "all":
+        return facts.all
+    raise DataError(f"data spec {spec!r}: unknown facts split {split!r}; expected forget, retain or all")
+
+
+def _no_option(spec: str, option: str) -> None:
+    if option:
+        raise DataError(f"data spec {spec!r}: this kind takes no '#{option}' option")
+
+
+def _int(spec: str, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"data spec {spec!r}: {key} must be an integer, got {value!r}") from None
+
+
+def _float(spec: str, key: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"data spec {spec!r}: {key} must be a number, got {value!r}") from None

@@ -1,0 +1,239 @@
+"""Run configuration: a YAML file validated by pydantic, with ``key.sub=value`` command-line overrides.
+
+Every run writes its fully resolved configuration (defaults filled in) to ``<run>/config.yaml``, so a run can be
+reproduced from its directory alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the file and the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(_Strict):
+    """LoRA adapter settings; the reference model is then the base model with the adapter disabled."""
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None
+    merge: bool = True  # merge the adapter into the saved model
+
+
+class FormatConfig(_Strict):
+    """Prompt formatting: the tokenizer's chat template, or a plain template with a ``{question}`` slot."""
+
+    kind: Literal["chat", "plain"] = "plain"
+    template: str = "### Question: {question}\n ### Answer: "
+
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, v: str) -> str:
+        if "{question}" not in v:
+            raise ValueError("template must contain '{question}'")
+        return v
+
+
+class ObjectiveConfig(_Strict):
+    """One objective of the run: a loss from the registry applied to one of the named data sets."""
+
+    name: str | None = None  # label in logs; defaults to the loss name
+    loss: str
+    data: str
+    weight: float = 1.0  # used by the `linear` aggregator and the summed-loss baseline
+    batch_size: int = Field(4, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.loss
+
+
+class AggregatorConfig(_Strict):
+    name: str = "ds_mgda"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.0, ge=0)
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class StopConfig(_Strict):
+    """Stop early once an evaluated metric crosses a threshold, e.g. ``forget_nll`` above 8."""
+
+    metric: str
+    above: float | None = None
+    below: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> StopConfig:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of 'above' or 'below'")
+        return self
+
+
+class SuiteConfig(_Strict):
+    """One data set and the metrics computed on it (names, or ``{name: ..., option: value}`` dicts)."""
+
+    data: str
+    limit: int | None = Field(None, gt=0)
+    metrics: list[str | dict[str, Any]] = Field(default_factory=list)
+
+
+class EvaluationConfig(_Strict):
+    """Evaluation during a run: answer NLL/accuracy on each data set, before, every N steps and after.
+
+    ``suites`` adds the full metric suites of :mod:`mollm.evaluation` (TOFU, fluency, KL, ...) before and after.
+    """
+
+    every: int = Field(0, ge=0)  # 0 = only before and after
+    datasets: list[str] | None = None  # keys of `data` to evaluate; default all
+    before: bool = True
+    after: bool = True
+    max_items: int = Field(32, gt=0)  # items per data set, to keep evaluation cheap
+    accuracy: bool = True  # greedy generation contains the answer
+    max_new_tokens: int = Field(24, gt=0)
+    suites: dict[str, SuiteConfig] | None = None
+
+
+class RunConfig(_Strict):
+    """Everything a run needs. ``mode`` chooses unlearning or plain fine-tuning (to build a target model)."""
+
+    mode: Literal["unlearn", "finetune"] = "unlearn"
+    seed: int = 0
+    model: str = "embedded"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    lora: LoraConfig | None = None
+    format: FormatConfig = Field(default_factory=FormatConfig)
+    max_length: int = Field(256, gt=8)
+    data: dict[str, str | list[dict[str, str]]] = Field(default_factory=dict)
+    refusals: str | None = None  # file of refusal strings for the `idk` objective
+    objectives: list[ObjectiveConfig]
+    aggregator: AggregatorConfig = Field(default_factory=AggregatorConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    steps: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)  # passes over the first objective's data
+    grad_clip: float | None = Field(1.0, gt=0)
+    max_bad_steps: int = Field(3, gt=0)  # stop after this many non-finite steps in a row
+    checkpoint_every: int = Field(0, ge=0)
+    log_every: int = Field(1, gt=0)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    stop: StopConfig | None = None
+    output_dir: str = "runs/{name}"
+    name: str = "run"
+    overwrite: bool = False
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if not self.objectives:
+            raise ValueError("objectives: give at least one objective")
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of 'steps' or 'epochs'")
+        labels = [o.label for o in self.objectives]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"objectives: labels must be unique, got {labels} (set 'name' to tell them apart)")
+        for name in self.evaluation.datasets or []:
+            if name not in self.data:
+                raise ValueError(f"evaluation.datasets: '{name}' is not a key of 'data' ({sorted(self.data)})")
+        for i, o in enumerate(self.objectives):
+            if o.data not in self.data:
+                raise ValueError(f"objectives.{i}.data: '{o.data}' is not a key of 'data' ({sorted(self.data)})")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"override '{dotted}': '{'.'.join(keys[: i + 1])}' is not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (value parsed as YAML, so ``1e-5``, ``true``, ``[1, 2]`` work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. optimizer.lr=3e-5")
+        key, raw = item.split("=", 1)
+        try:
+            _set_path(tree, key.strip(), yaml.safe_load(raw))
+        except (IndexError, ValueError) as err:
+            raise ConfigError(f"override '{item}': {err}") from None
+    return tree
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def config_from_dict(tree: dict[str, Any], where: str = "config") -> RunConfig:
+    """Validate a config tree; errors name every bad key."""
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, where)) from None
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Load a run configuration from a YAML file (or a dict) and apply ``key=value`` overrides."""
+    if isinstance(source, dict):
+        tree, where = dict(source), "config"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        where = str(path)
+    return config_from_dict(apply_overrides(tree, overrides or []), where)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved configuration as YAML (every default filled in)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,377 @@
+"""The unlearning (or fine-tuning) loop: data -> objectives -> multi-objective step -> optimizer, on ``accelerate``.
+
+One call, :func:`run`, does everything a run needs and writes it to the run directory::
+
+    <run>/config.yaml        resolved configuration (all defaults filled in), seed included
+    <run>/metrics.jsonl      one line per step: losses, gradient norms, cosines, coefficients, G c, conflict
+    <run>/eval/*.json        evaluation before / every N steps / after
+    <run>/tensorboard/       TensorBoard logs
+    <run>/checkpoints/step_N accelerate state (model, optimizer, scheduler, RNG), for resuming
+    <run>/model/             final model, Hugging Face format (safetensors)
+    <run>/run.json           summary: status, steps, time, paths
+
+Batches are drawn deterministically from (seed, objective, epoch), so a resumed run sees the same data as an
+uninterrupted one and reaches the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from mollm.data.encode import PromptFormat, encode_record, collate
+from mollm.data.records import QARecord
+from mollm.engine.config import RunConfig, dump_config
+
+log = logging.getLogger("mollm")
+
+
+class RunError(RuntimeError):
+    """A run cannot start or had to stop (existing directory, repeated non-finite steps, ...)."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    model_dir: Path | None
+    steps: int
+    status: str
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class _Sampler:
+    """Deterministic, resumable batches: the batch at step s depends only on (seed, stream, s)."""
+
+    def __init__(self, examples: list[dict[str, list[int]]], batch_size: int, seed: int, pad_id: int) -> None:
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self._perm_epoch, self._perm = -1, []
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch != self._perm_epoch:
+            self._perm = list(range(len(self.examples)))
+            random.Random(self.seed * 100_003 + epoch).shuffle(self._perm)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        n, bs = len(self.examples), self.batch_size
+        idx = []
+        for k in range(step * bs, step * bs + bs):
+            idx.append(self._order(k // n)[k % n])
+        return collate([self.examples[i] for i in idx], self.pad_id)
+
+
+def _load_data(config: RunConfig) -> dict[str, list[QARecord]]:
+    from mollm.data import load_dataset_spec
+
+    out: dict[str, list[QARecord]] = {}
+    for key, spec in config.data.items():
+        if isinstance(spec, list):  # inline records in the YAML
+            out[key] = [_inline_record(r, f"config: data.{key}.{i}") for i, r in enumerate(spec)]
+        else:
+            out[key] = load_dataset_spec(spec)
+        if not out[key]:
+            raise RunError(f"data.{key}: '{spec}' gave no records")
+    return out
+
+
+def _inline_record(row: dict[str, str], where: str) -> QARecord:
+    for field_name in ("question", "answer"):
+        if not isinstance(row.get(field_name), str) or not row[field_name].strip():
+            raise RunError(f"{where}.{field_name}: expected a non-empty string, found {row.get(field_name)!r}")
+    return QARecord(row["question"], row["answer"], source=where)
+
+
+def _total_steps(config: RunConfig, sizes: list[int]) -> int:
+    if config.steps is not None:
+        return config.steps
+    # An epoch is one pass over the first objective's data (the forget set, as in TOFU/open-unlearning).
+    per_epoch = math.ceil(sizes[0] / config.objectives[0].batch_size)
+    return max(1, math.ceil(config.epochs * per_epoch))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, total: int):
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[config.schedule.name]
+    return get_scheduler(name, optimizer, num_warmup_steps=config.schedule.warmup_steps, num_training_steps=total)
+
+
+def _optimizer(params: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:
+    o = config.optimizer
+    if o.name == "adamw":
+        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+    return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
+
+
+def _prepare_run_dir(config: RunConfig) -> tuple[Path, int]:
+    """Create (or reopen, when resuming) the run directory; return it and the checkpoint step to resume from."""
+    run_dir = config.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if config.resume:
+            ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+            return run_dir, int(ckpts[-1].name.split("_")[1]) if ckpts else 0
+        if not config.overwrite:
+            raise RunError(
+                f"{run_dir} already exists; pass overwrite=true to replace it or resume=true to continue it"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, 0
+
+
+def _truncate_metrics(path: Path, after_step: int) -> None:
+    """On resume, drop log lines past the checkpoint so the log matches an uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= after_step]
+    _write_atomic(path, "".join(ln + "\n" for ln in keep))
+
+
+def _check_stop(config: RunConfig, evaluation: dict[str, Any]) -> bool:
+    if config.stop is None or config.stop.metric not in evaluation:
+        return False
+    value = evaluation[config.stop.metric]
+    if config.stop.above is not None:
+        return value > config.stop.above
+    return value < config.stop.below
+
+
+def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
+        on_step: Callable[[int, dict[str, Any]], None] | None = None) -> RunResult:
+    """Run unlearning or fine-tuning as ``config`` says and return what it produced.
+
+    ``model``/``tokenizer`` may be given directly (e.g. a tiny test model); otherwise ``config.model`` is loaded.
+    """
+    from mollm.aggregators import get as get_aggregator
+    from mollm.engine.evaluate import evaluate_answers
+    from mollm.engine.step import MultiObjectiveStep, objective_closures
+    from mollm.models.loading import load_model, save_model
+    from mollm.models.reference import Reference
+    from mollm.objectives import get as get_objective
+    from mollm.objectives import prepare_records, read_refusals
+
+    run_dir, start_step = _prepare_run_dir(config)
+    _write_atomic(run_dir / "config.yaml", dump_config(config))
+    set_seed(config.seed)
+
+    if model is None:
+        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype))
+    if tokenizer is None:
+        raise RunError("a tokenizer is required when a model object is given")
+    if config.lora is not None:
+        from mollm.models.lora import apply_lora
+
+        lc = config.lora
+        model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules)
+    model.train()
+
+    objectives = [get_objective(o.loss, **o.options) for o in config.objectives]
+    labels = [o.label for o in config.objectives]
+    needs_ref = any(obj.needs_reference for obj in objectives) or bool(config.evaluation.suites)
+    reference = Reference.from_model(model) if needs_ref else None
+
+    data = _load_data(config)
+    fmt = PromptFormat(kind=config.format.kind, template=config.format.template)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    refusals = read_refusals(config.refusals) if config.refusals else None
+    normal = data.get("normal") or data.get("retain")
+    samplers: list[_Sampler] = []
+    for i, (oc, obj) in enumerate(zip(config.objectives, objectives)):
+        # idk / mismatch train on transformed records (refusals, random normal answers).
+        records = prepare_records(obj, data[oc.data], normal=normal, refusals=refusals,
+                                  rng=random.Random(config.seed + i))
+        examples = [encode_record(r, tokenizer, fmt, config.max_length) for r in records]
+        samplers.append(_Sampler(examples, oc.batch_size, config.seed + 7919 * (i + 1), pad_id))
+    total = _total_steps(config, [len(s.examples) for s in samplers])
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard", project_dir=str(run_dir))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(params, config)
+    scheduler = _scheduler(optimizer, config, total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.init_trackers("tensorboard", config={"seed": config.seed, "lr": config.optimizer.lr})
+    if accelerator.num_processes > 1:
+        raise RunError("multi-process runs are not supported yet: run on one process")
+
+    aggregator = get_aggregator(config.aggregator.name, **_aggregator_options(config))
+    step_fn = MultiObjectiveStep(params, aggregator, names=labels)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if start_step:
+        accelerator.load_state(str(run_dir / "checkpoints" / f"step_{start_step}"))
+        _truncate_metrics(metrics_path, start_step)
+
+    eval_keys = config.evaluation.datasets or list(data)
+    eval_sets = {key: data[key][: config.evaluation.max_items] for key in eval_keys}
+    evaluations: dict[str, dict[str, Any]] = {}
+    eval_dir = run_dir / "eval"
+    eval_dir.mkdir(exist_ok=True)
+
+    def _evaluate(tag: str) -> dict[str, Any]:
+        result = evaluate_answers(model, tokenizer, eval_sets, fmt=fmt, max_length=config.max_length,
+                                  accuracy=config.evaluation.accuracy,
+                                  max_new_tokens=config.evaluation.max_new_tokens, progress=progress,
+                                  desc=f"evaluate ({tag})")
+        if config.evaluation.suites and tag in ("before", "after"):
+            result["suites"] = _evaluate_suites(config, model, tokenizer, reference, fmt, eval_dir / f"suites_{tag}",
+                                                progress)
+        evaluations[tag] = result
+        _write_atomic(eval_dir / f"{tag}.json", json.dumps(result, indent=2))
+        accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=_step)
+        model.train()
+        return result
+
+    _step = start_step
+    if config.evaluation.before and start_step == 0:
+        _evaluate("before")
+
+    status, bad_in_row, history = "completed", 0, []
+    t0 = time.time()
+    bar = tqdm(total=total, initial=start_step, desc=config.mode, disable=not progress, unit="step")
+    with metrics_path.open("a") as log_file:
+        for step in range(start_step, total):
+            _step = step + 1
+            batches = [s.batch(step) for s in samplers]
+            stats = step_fn(objective_closures(model, objectives, batches, reference))
+            record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **_named(stats)}
+            if not stats.finite:
+                bad_in_row += 1
+                record["skipped"] = True
+                log.warning("step %d: non-finite loss or gradient (%s); step skipped", step + 1, stats.reason)
+                optimizer.zero_grad(set_to_none=True)
+                if bad_in_row >= config.max_bad_steps:
+                    status = f"stopped: {bad_in_row} non-finite steps in a row"
+            else:
+                bad_in_row = 0
+                if config.grad_clip is not None:
+                    record["clipped_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+                optimizer.step()
+                scheduler.step()
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            history.append(record)
+            if (step + 1) % config.log_every == 0:
+                accelerator.log(_scalars(record), step=step + 1)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in record["losses"].items() if v is not None})
+            if on_step is not None:
+                on_step(step + 1, record)
+            if status != "completed":
+                break
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
+                _checkpoint(accelerator, run_dir, step + 1)
+            if config.evaluation.every and (step + 1) % config.evaluation.every == 0 and step + 1 < total:
+                if _check_stop(config, _evaluate(f"step_{step + 1}")):
+                    status = f"stopped: {config.stop.metric} reached its target at step {step + 1}"
+                    break
+    bar.close()
+
+    if config.evaluation.after:
+        _evaluate("after")
+    model_dir = run_dir / "model"
+    unwrapped = accelerator.unwrap_model(model)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)  # a resumed run replaces its own final model
+    save_model(unwrapped, tokenizer, model_dir, merge_lora=bool(config.lora and config.lora.merge))
+    accelerator.end_training()
+    summary = {"status": status, "steps": _step, "seconds": round(time.time() - t0, 2), "seed": config.seed,
+               "model_dir": str(model_dir), "mode": config.mode}
+    _write_atomic(run_dir / "run.json", json.dumps(summary, indent=2))
+    return RunResult(run_dir, model_dir, _step, status, history, evaluations)
+
+
+def _evaluate_suites(config: RunConfig, model, tokenizer, reference, fmt: PromptFormat, out_dir: Path,
+                     progress: bool) -> dict[str, Any]:
+    """The configured metric suites (``evaluation.suites``), headline values only; details in ``out_dir``."""
+    from mollm.evaluation import evaluate
+
+    suites = {name: s.model_dump(exclude_none=True) for name, s in config.evaluation.suites.items()}
+    results = evaluate(model, suites, out_dir, cache=False, tokenizer=tokenizer, reference=reference, fmt=fmt,
+                       max_length=config.max_length, max_new_tokens=config.evaluation.max_new_tokens,
+                       progress=progress)
+    model.train()
+    flat = {f"{suite}/{metric}": r["aggregate"].get("value") for suite, metrics in results["suites"].items()
+            for metric, r in metrics.items()}
+    if "model_utility" in results:
+        flat["model_utility"] = results["model_utility"]["value"]
+    return flat
+
+
+def _named(stats) -> dict[str, Any]:
+    """Step statistics keyed by objective label (the layout of ``metrics.jsonl``)."""
+    d = stats.to_dict()
+    names = d["names"]
+    out: dict[str, Any] = {key: dict(zip(names, d[key])) for key in ("losses", "grad_norms", "coefficients")}
+    out["Gc"] = dict(zip(names, d["decrease"]))
+    out["cosines"] = {f"{a}|{b}": d["cosines"][i][j] for i, a in enumerate(names) for j, b in enumerate(names)
+                      if i < j and d["cosines"]}
+    out.update(conflict=d["conflict"], direction_norm=d["direction_norm"], finite=d["finite"],
+               seconds=d["seconds"])
+    if not d["finite"]:
+        out.update(bad_objective=d["bad_objective"], reason=d["reason"])
+    return out
+
+
+def _aggregator_options(config: RunConfig) -> dict[str, Any]:
+    opts = dict(config.aggregator.options)
+    if config.aggregator.name == "linear" and "weights" not in opts:
+        opts["weights"] = [o.weight for o in config.objectives]
+    return opts
+
+
+def _checkpoint(accelerator: Accelerator, run_dir: Path, step: int) -> None:
+    """Save accelerate state atomically: write to a temp folder, then rename."""
+    final = run_dir / "checkpoints" / f"step_{step}"
+    tmp = final.with_name(f".tmp_step_{step}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.save_state(str(tmp))
+    os.replace(tmp, final)
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{key}/{sub}"] = float(v)
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+def iter_metrics(run_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Read a run's ``metrics.jsonl`` line by line."""
+    with (Path(run_dir) / "metrics.jsonl").open() as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)

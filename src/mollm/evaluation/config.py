@@ -1,0 +1,51 @@
+"""``mollm eval`` configuration: which model, which reference, which metric suites (YAML + ``key=value`` overrides)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mollm.engine.config import ConfigError, FormatConfig, SuiteConfig, _format_validation_error, apply_overrides
+
+
+class EvalConfig(BaseModel):
+    """Everything ``mollm eval`` needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "embedded"
+    reference: str | None = None  # the original model, for `kl` and `fluency`
+    format: FormatConfig = Field(default_factory=FormatConfig)
+    max_length: int = Field(256, gt=8)
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(8, gt=0)
+    cache: bool = True
+    out: str = "eval/{model_name}"
+    suites: dict[str, SuiteConfig]
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out.format(model_name=Path(self.model).name or "model"))
+
+    def suites_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: s.model_dump(exclude_none=True) for name, s in self.suites.items()}
+
+
+def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:
+    """Read and validate an evaluation config; errors name the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        return EvalConfig.model_validate(apply_overrides(tree, overrides or []))
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, str(path))) from None

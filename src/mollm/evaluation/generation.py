@@ -1,0 +1,88 @@
+"""Greedy batched generation with left padding (the CLI's ``mollm generate`` and the generation-based metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mollm.data.encode import PromptFormat
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("tokenizer has neither a pad_token_id nor an eos_token_id; cannot pad a batch")
+    return int(pad)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    fmt: PromptFormat = PromptFormat(),
+    progress: bool = True,
+) -> list[str]:
+    """Greedy continuation of each question in ``prompts`` (formatted with ``fmt``, as in training), in order.
+
+    Prompts are batched by length with left padding; the returned strings hold only the new tokens, decoded with
+    special tokens skipped and surrounding whitespace stripped (an empty string when the model stops at once).
+    """
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}")
+    prompts = list(prompts)
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be a string, got {type(p).__name__}")
+    if not prompts:
+        return []
+    pad = _pad_id(tokenizer)
+    device = _device(model)
+    encoded = [tokenizer(fmt.prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompts[{i}] tokenises to nothing")
+    # Sorting by length keeps padding (wasted compute) small; results go back to the callers' order.
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    out: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, leave=False)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention[row, width - len(ids) :] = 1
+            generated = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+            new_tokens = generated[:, width:]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for row, i in enumerate(idx):
+                out[i] = texts[row].strip()
+            bar.update(len(idx))
+        bar.close()
+    finally:
+        model.train(was_training)
+    return out

@@ -1,0 +1,23 @@
+"""Gradient ascent (Yao et al. 2023): minimise ``-CE`` of the forget answer, i.e. push its log-probability down."""
+
+from __future__ import annotations
+
+import torch
+
+from mollm.objectives._common import model_logprobs, per_sample_mean
+from mollm.objectives.base import Batch, Objective
+from mollm.objectives.registry import register
+
+
+@register
+class GA(Objective):
+    """``-CE = mean_t log p_t`` per sample, averaged over the batch.
+
+    Unbounded below: its gradient in ``p`` is ``1/p``, which explodes as the answer becomes improbable.
+    """
+
+    name = "ga"
+
+    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+        logp, mask, lengths = model_logprobs(self.name, model, batch)
+        return per_sample_mean(logp, mask, lengths).mean()

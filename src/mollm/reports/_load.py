@@ -1,0 +1,181 @@
+"""Reading a run directory for reports: evaluation JSON, config, training metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mollm.data.encode import DataError
+
+# Keys holding per-item lists etc. that are not metrics themselves.
+_SKIP_KEYS = {"items", "per_item", "per_items", "values", "samples", "generations"}
+
+
+def flatten_metrics(obj: Any, prefix: str = "") -> dict[str, float]:
+    """Flatten ``{name: value | {"aggregate": value} | {sub: ...}}`` to ``{"a.b": float}``.
+
+    A dict with an ``aggregate`` number contributes that number under its own name (its other keys are per-item detail);
+    other dicts are recursed into with dotted names. Lists, strings and ``None`` are skipped. Booleans count as 0/1.
+    """
+    out: dict[str, float] = {}
+    if not isinstance(obj, dict):
+        return out
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if str(key) in _SKIP_KEYS:
+            continue
+        if isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, (int, float)):
+            out[name] = float(value)
+        elif isinstance(value, dict):
+            agg = value.get("aggregate")
+            if isinstance(agg, (int, float)) and not isinstance(agg, bool):
+                out[name] = float(agg)
+            else:
+                out.update(flatten_metrics(value, prefix=f"{name}."))
+    return out
+
+
+def read_json_metrics(path: Path) -> dict[str, float] | None:
+    """Flattened metrics of an eval JSON file, or ``None`` if it does not exist. Invalid JSON is an error."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object {{metric: value}}, got {type(data).__name__}")
+    return flatten_metrics(data)
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """The run's ``config.yaml`` as a dict, or ``None`` if absent."""
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a YAML mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def flatten_config(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """``[("optimizer.lr", "1e-05"), ...]`` for a config summary table (lists shown inline, shortened)."""
+    rows: list[tuple[str, str]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            rows.extend(flatten_config(v, f"{prefix}{k}."))
+        return rows
+    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+        for i, x in enumerate(obj):
+            rows.extend(flatten_config(x, f"{prefix}{i}."))
+        return rows
+    text = json.dumps(obj) if not isinstance(obj, str) else obj
+    if len(text) > 120:
+        text = text[:117] + "..."
+    rows.append((prefix.rstrip("."), text))
+    return rows
+
+
+@dataclass
+class TrainingLog:
+    """``metrics.jsonl`` as column series indexed by step."""
+
+    steps: list[float] = field(default_factory=list)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    grad_norms: dict[str, list[float]] = field(default_factory=dict)
+    coefficients: dict[str, list[float]] = field(default_factory=dict)
+    cosines: dict[str, list[float]] = field(default_factory=dict)
+    gc: dict[str, list[float]] = field(default_factory=dict)
+    conflict: list[bool | None] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    @property
+    def conflict_probability(self) -> float | None:
+        """Fraction of steps whose update conflicts with some objective (steps without the flag excluded)."""
+        known = [c for c in self.conflict if c is not None]
+        return sum(known) / len(known) if known else None
+
+
+_SERIES = {
+    "losses": "losses",
+    "grad_norms": "grad_norms",
+    "coefficients": "coefficients",
+    "cosines": "cosines",
+    "Gc": "gc",
+}
+
+
+def _num(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
+def read_training_log(path: Path) -> TrainingLog | None:
+    """Parse ``metrics.jsonl`` (``None`` if absent).
+
+    A malformed line raises :class:`DataError` naming it — except a truncated *last* line (an interrupted run), which
+    is skipped and recorded in ``warnings``. Non-numeric or non-finite values become NaN (gaps in the plots) and are
+    counted.
+    """
+    if not path.is_file():
+        return None
+    log = TrainingLog()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    nonfinite = 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        where = f"{path}:{i + 1}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == last:
+                log.warnings.append(f"{where}: truncated last line skipped (interrupted run?)")
+                continue
+            raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        n = len(log.steps)
+        step = rec.get("step", n)
+        if not isinstance(step, (int, float)) or isinstance(step, bool):
+            raise DataError(f"{where}: field 'step' is {step!r}; expected a number")
+        log.steps.append(float(step))
+        for key, attr in _SERIES.items():
+            values = rec.get(key)
+            if values is None:
+                values = {}
+            if not isinstance(values, dict):
+                kind = type(values).__name__
+                raise DataError(f"{where}: field {key!r} is {kind}; expected an object {{name: number}}")
+            table: dict[str, list[float]] = getattr(log, attr)
+            for name, v in values.items():
+                x = _num(v)
+                if not math.isfinite(x):
+                    nonfinite += 1
+                    x = math.nan
+                table.setdefault(str(name), [math.nan] * n).append(x)
+            for series in table.values():  # names absent from this record get a gap
+                if len(series) < n + 1:
+                    series.append(math.nan)
+        c = rec.get("conflict")
+        log.conflict.append(bool(c) if isinstance(c, bool) else None)
+    if nonfinite:
+        log.warnings.append(f"{path}: {nonfinite} non-finite or non-numeric values shown as gaps")
+    return log

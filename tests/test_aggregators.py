@@ -1,0 +1,470 @@
+"""Gradient aggregators: contract, option validation, and properties against dense (parameter-space) computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mollm.aggregators import Aggregator, available, get
+from mollm.aggregators._qp import _nonneg_pg, _simplex_pg, nonneg_qp, simplex_qp
+
+NAMES = ["linear", "mgda", "ds_mgda", "pcgrad", "cagrad", "upgrad"]
+PROPS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+@st.composite
+def jacobians(draw, min_m=2, max_m=5, full_rank=False, max_scale_exp=8):
+    """A random m×n J (float64) of chosen rank, scaled by 10^e with e in [-8, 8]."""
+    m = draw(st.integers(min_m, max_m))
+    n = draw(st.integers(m if full_rank else 1, 20))
+    rank = min(m, n) if full_rank else draw(st.integers(1, min(m, n)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    exp = draw(st.floats(-max_scale_exp, max_scale_exp))
+    rng = np.random.default_rng(seed)
+    j = rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n))
+    return torch.tensor(j * 10.0**exp, dtype=torch.float64)
+
+
+def gram(j: torch.Tensor) -> torch.Tensor:
+    return j @ j.T
+
+
+def well_conditioned(j: torch.Tensor, ratio: float = 1e-2) -> bool:
+    s = torch.linalg.svdvals(j)
+    return bool(s[-1] > ratio * s[0])
+
+
+def nonconflict_tol(g: torch.Tensor, c: torch.Tensor, rtol: float = 1e-7) -> float:
+    # |(Gc)_i| <= trace(G) * sum|c|: rounding is relative to that.
+    return rtol * float(torch.trace(g)) * float(c.abs().sum()) + 1e-300
+
+
+def cos_with_d(j: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    d = j.T @ c
+    return (j @ d) / (j.norm(dim=1) * d.norm()).clamp_min(1e-300)
+
+
+# ---------------------------------------------------------------------------------------------------------- contract
+def test_registry_lists_all_and_returns_aggregators():
+    assert available() == sorted(NAMES)
+    for name in NAMES:
+        agg = get(name)
+        assert isinstance(agg, Aggregator) and agg.name == name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_dtype_device_shape(name):
+    j = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 1.0], [0.0, 0.3, 2.0]])
+    c = get(name)(gram(j))
+    assert c.dtype == torch.float32 and c.device == j.device and c.shape == (3,)
+    c64 = get(name)(gram(j.double()))
+    assert c64.dtype == torch.float64
+    assert torch.allclose(c.double(), c64, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(ValueError, match="unknown aggregator 'nope'.*cagrad, ds_mgda, linear, mgda, pcgrad, upgrad"):
+        get("nope")
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "field"),
+    [
+        ("mgda", {"alpha": 1}, "alpha"),
+        ("linear", {"wieghts": [1, 1]}, "wieghts"),
+        ("linear", {"weights": [1, -1]}, "weights"),
+        ("linear", {"weights": [0, 0]}, "weights"),
+        ("linear", {"weights": [1, float("nan")]}, "weights"),
+        ("linear", {"weights": "1,1"}, "weights"),
+        ("pcgrad", {"seed": -1}, "seed"),
+        ("pcgrad", {"seed": 1.5}, "seed"),
+        ("pcgrad", {"seed": "0"}, "seed"),
+        ("cagrad", {"c": 1.0}, "c"),
+        ("cagrad", {"c": -0.1}, "c"),
+        ("ds_mgda", {"norm": "l2"}, "norm"),
+        ("ds_mgda", {"preference": [1.0, 0.0]}, "preference"),
+        ("ds_mgda", {"preference": []}, "preference"),
+        ("ds_mgda", {"vanish_tol": 1.5}, "vanish_tol"),
+        ("ds_mgda", {"max_ratio": 0.5}, "max_ratio"),
+        ("ds_mgda", {"rcond": 0.0}, "rcond"),
+        ("upgrad", {"c": 0.4}, "c"),
+    ],
+)
+def test_bad_options_name_the_field(name, options, field):
+    with pytest.raises(ValueError, match=f"aggregator '{name}'.*option '{field}'"):
+        get(name, **options)
+
+
+def test_option_length_mismatch_is_reported_at_call():
+    g = torch.eye(3)
+    with pytest.raises(ValueError, match="'weights' has 2 values but there are 3 objectives"):
+        get("linear", weights=[1, 2])(g)
+    with pytest.raises(ValueError, match="'preference' has 2 values but there are 3 objectives"):
+        get("ds_mgda", preference=[1, 2])(g)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.ones(2, 3), "square"),
+        (torch.ones(3), "square"),
+        (torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), "NaN"),
+        (torch.tensor([[1.0, 0.5], [-0.5, 1.0]]), "not symmetric"),
+        (torch.tensor([[-1.0, 0.0], [0.0, 1.0]]), "negative diagonal"),
+        (torch.eye(2, dtype=torch.int64), "floating-point"),
+    ],
+)
+def test_bad_gramian_is_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
+        get("mgda")(bad)
+
+
+def test_linear_with_weights_is_the_weighted_sum():
+    j = torch.randn(3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    w = [0.5, 1.0, 2.0]
+    c = get("linear", weights=w)(gram(j))
+    assert torch.allclose(j.T @ c, 0.5 * j[0] + j[1] + 2.0 * j[2])
+    assert torch.equal(get("linear")(gram(j)), torch.ones(3, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------------------------- non-conflict, KKT
+@PROPS
+@given(jacobians())
+def test_nonconflicting_aggregators_have_gc_nonnegative(j):
+    g = gram(j)
+    for name, opts in [("mgda", {}), ("upgrad", {}), ("ds_mgda", {"max_ratio": None})]:
+        c = get(name, **opts)(g)
+        assert torch.isfinite(c).all()
+        assert (g @ c >= -nonconflict_tol(g, c)).all(), (name, g @ c)
+
+
+@PROPS
+@given(jacobians())
+def test_ds_mgda_default_guard_only_relaxes_floored_objectives(j):
+    g = gram(j)
+    c = get("ds_mgda")(g)
+    norms = j.norm(dim=1)
+    guarded = norms >= norms.max() / 100.0
+    # Objectives above the floor still never conflict; a floored one can lose at most its (small) own norm × ‖d‖.
+    assert ((g @ c)[guarded] >= -nonconflict_tol(g, c)).all()
+    assert (g @ c >= -norms / norms.max() * nonconflict_tol(g, c, 1.0)).all()
+
+
+@PROPS
+@given(jacobians(full_rank=True))
+def test_ds_mgda_strict_descent_and_equal_edge_formula_at_full_rank(j):
+    if not well_conditioned(j):
+        return
+    g = gram(j)
+    c = get("ds_mgda")(g)
+    assert (cos_with_d(j, c) > 1e-4).all()
+    # Hand computation in parameter space: edges of the dual cone are the columns of J⁺ (J e_j = u_j).
+    edges = torch.linalg.pinv(j)
+    d = (edges / edges.norm(dim=0)).sum(dim=1)
+    d = d * j.norm(dim=1).mean() / d.norm()
+    norms = j.norm(dim=1)
+    if norms.min() >= norms.max() / 100.0:  # the max_ratio floor is inactive
+        assert torch.allclose(j.T @ c, d, rtol=1e-6, atol=1e-9 * float(norms.max()))
+    # Equal first-order decrease per unit of edge: <g_i, d> ∝ 1/sqrt((G⁻¹)_ii).
+    c_raw = get("ds_mgda", norm="none", max_ratio=None)(g)
+    expected = 1.0 / torch.sqrt(torch.diagonal(torch.linalg.inv(g)))
+    assert torch.allclose(g @ c_raw, expected, rtol=1e-5)
+
+
+def _mgda_closed_form_2(g: torch.Tensor) -> torch.Tensor:
+    den = g[0, 0] + g[1, 1] - 2 * g[0, 1]
+    gamma = 0.5 if den <= 0 else float(torch.clamp((g[1, 1] - g[0, 1]) / den, 0.0, 1.0))
+    return torch.tensor([gamma, 1.0 - gamma], dtype=g.dtype)
+
+
+@PROPS
+@given(jacobians(max_m=6))
+def test_mgda_kkt_and_m2_closed_form(j):
+    g = gram(j)
+    c = get("mgda")(g)
+    tol = 1e-7 * float(torch.trace(g))
+    assert (c >= 0).all() and math.isclose(float(c.sum()), 1.0, rel_tol=1e-12)
+    gc, value = g @ c, float(c @ g @ c)
+    assert (gc >= value - tol).all()  # no vertex improves on the min-norm point
+    assert (gc[c > 1e-6] <= value + tol).all()  # complementary slackness on the support
+    if g.shape[0] == 2:
+        assert torch.allclose(c, _mgda_closed_form_2(g), atol=1e-9) or abs(float(g[0, 0] + g[1, 1] - 2 * g[0, 1])) <= tol
+        # The enumeration solver used for m ≥ 3 agrees with the closed form as well.
+        gn = (g / torch.trace(g)).numpy()
+        w = simplex_qp(2 * (gn + 1e-12 * np.eye(2)))
+        assert float(w @ gn @ w) <= float(c @ g @ c) / float(torch.trace(g)) + 1e-9
+
+
+def test_mgda_matches_dense_min_norm_point():
+    rng = np.random.default_rng(1)
+    for m, n in [(3, 5), (4, 20), (5, 8)]:
+        j = torch.tensor(rng.standard_normal((m, n)))
+        c = get("mgda")(gram(j))
+        jn = j.numpy()
+        res = scipy.optimize.minimize(
+            lambda w: float(np.sum((jn.T @ w) ** 2)),
+            np.full(m, 1.0 / m),
+            bounds=[(0, 1)] * m,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+            method="SLSQP",
+            options={"ftol": 1e-14, "maxiter": 500},
+        )
+        assert np.allclose((j.T @ c).numpy(), jn.T @ res.x, atol=1e-5)
+
+
+def test_large_m_uses_projected_gradient_and_agrees_with_enumeration():
+    rng = np.random.default_rng(2)
+    for m in (3, 5, 8):
+        a = rng.standard_normal((m, m + 2))
+        q = a @ a.T / np.trace(a @ a.T) + 1e-12 * np.eye(m)
+        b = rng.standard_normal(m) * 0.1
+        w_enum, w_pg = simplex_qp(2 * q, b), _simplex_pg(2 * q, b)
+        assert np.allclose(w_enum, w_pg, atol=1e-6)
+        x_enum, x_pg = nonneg_qp(2 * q, b), _nonneg_pg(2 * q, b)
+        assert np.allclose(x_enum, x_pg, atol=1e-5)
+    # m = 12 goes through the fallback; the KKT conditions still hold.
+    j = torch.tensor(rng.standard_normal((12, 30)))
+    g = gram(j)
+    c = get("mgda")(g)
+    value = float(c @ g @ c)
+    assert (g @ c >= value - 1e-6 * float(torch.trace(g))).all()
+
+
+# ------------------------------------------------------------------------------------ permutation and scale symmetry
+@PROPS
+@given(jacobians(), st.randoms(use_true_random=False))
+def test_permutation_equivariance(j, rnd):
+    perm = list(range(j.shape[0]))
+    rnd.shuffle(perm)
+    jp = j[perm]
+    scale = float(j.norm(dim=1).max())
+    for name in ["linear", "mgda", "ds_mgda", "cagrad", "upgrad"]:
+        c, cp = get(name)(gram(j)), get(name)(gram(jp))
+        # d is unique even when c is not (rank-deficient G); c itself must permute when G is well conditioned.
+        assert torch.allclose(j.T @ c, jp.T @ cp, rtol=1e-5, atol=1e-5 * scale), name
+        if j.shape[0] <= j.shape[1] and well_conditioned(j):
+            assert torch.allclose(c[perm], cp, rtol=1e-5, atol=1e-7 * float(c.abs().max())), name
+
+
+@PROPS
+@given(jacobians(max_scale_exp=0), st.floats(-4, 4))
+def test_direction_invariant_under_scaling(j, exp):
+    s = 10.0**exp
+    g, gs = gram(j), gram(s * j)
+    exact = j.shape[0] <= j.shape[1] and well_conditioned(j)
+    for name in NAMES:
+        opts = {"seed": 0} if name == "pcgrad" else {}
+        c, cs = get(name, **opts)(g), get(name, **opts)(gs)
+        # Coefficients are scale-free, so d(s·J) = s·d(J): same direction (for linear too: d scales with s).
+        scale = float(j.norm(dim=1).max())
+        assert torch.allclose(s * (j.T @ c), (s * j).T @ cs, rtol=1e-5, atol=1e-5 * s * scale), name
+        if exact:  # c itself is unique
+            assert torch.allclose(c, cs, rtol=1e-6, atol=1e-8 * float(c.abs().max())), name
+    if exact:  # the raw dual direction (norm="none") is scale-free: c scales by 1/s
+        raw, raw_s = get("ds_mgda", norm="none")(g), get("ds_mgda", norm="none")(gs)
+        assert torch.allclose(raw / s, raw_s, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ degenerate inputs
+DEGENERATE = {
+    "zero": torch.zeros(3, 4, dtype=torch.float64),
+    "one_zero": torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64),
+    "duplicated": torch.tensor([[1.0, 2.0, 0.0], [1.0, 2.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64),
+    "opposite": torch.tensor([[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]], dtype=torch.float64),
+    "rank1": torch.tensor([[1.0, 1.0], [2.0, 2.0], [-0.5, -0.5]], dtype=torch.float64),
+    "huge": torch.tensor([[1e8, 0.0], [0.0, 1e-8]], dtype=torch.float64),
+}
+
+
+@pytest.mark.parametrize("case", list(DEGENERATE))
+@pytest.mark.parametrize("name", NAMES)
+def test_degenerate_inputs_never_nan(name, case):
+    j = DEGENERATE[case]
+    for dtype in (torch.float64, torch.float32):
+        c = get(name)(gram(j).to(dtype))
+        assert torch.isfinite(c).all(), (name, case, c)
+
+
+def test_degenerate_expected_values():
+    zero = gram(DEGENERATE["zero"])
+    for name in ["mgda", "ds_mgda", "pcgrad", "cagrad", "upgrad"]:
+        assert torch.equal(get(name)(zero), torch.zeros(3, dtype=torch.float64))
+    opp = DEGENERATE["opposite"]
+    for name in ["mgda", "ds_mgda", "upgrad", "pcgrad", "cagrad"]:
+        # No common descent direction exists: non-conflicting methods stop; PCGrad/CAGrad cancel out too.
+        assert (opp.T @ get(name)(gram(opp))).norm() < 1e-9, name
+    dup = DEGENERATE["duplicated"]
+    c = get("mgda")(gram(dup))
+    assert torch.allclose(c[0], c[1], atol=1e-6)  # symmetric split between identical gradients
+    rank1 = DEGENERATE["rank1"]
+    assert (rank1.T @ get("mgda")(gram(rank1))).norm() < 1e-9  # 0 is in the hull
+
+
+# ------------------------------------------------------------------------------------------------- dense references
+def _pcgrad_dense(j: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    m = j.shape[0]
+    orders = [torch.randperm(m, generator=generator).tolist() for _ in range(m)]
+    out = torch.zeros(j.shape[1], dtype=j.dtype)
+    for i in range(m):
+        v = j[i].clone()
+        for k in orders[i]:
+            if k == i:
+                continue
+            dot = v @ j[k]
+            if dot < 0:
+                v = v - dot / (j[k] @ j[k]) * j[k]
+        out += v
+    return out
+
+
+@PROPS
+@given(jacobians(), st.integers(0, 1000))
+def test_pcgrad_matches_dense_vector_implementation(j, seed):
+    agg = get("pcgrad", seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    scale = float(j.norm(dim=1).max())
+    for _ in range(2):  # two steps: the generator advances identically
+        c = agg(gram(j))
+        assert torch.allclose(j.T @ c, _pcgrad_dense(j, gen), rtol=1e-6, atol=1e-6 * scale)
+
+
+def test_pcgrad_hand_example():
+    # g1 = (1, 0), g2 = (-1, 1): each loses its projection on the other; no randomness matters for m = 2.
+    j = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    d = j.T @ get("pcgrad", seed=0)(gram(j))
+    # g1 - (-1/2) g2 = (0.5, 0.5); g2 - (-1) g1 = (0, 1).
+    assert torch.allclose(d, torch.tensor([0.5, 1.5], dtype=torch.float64))
+
+
+def _cagrad_value(jn: np.ndarray, w: np.ndarray, k: float) -> float:
+    gbar = jn.mean(axis=0)
+    gw = jn.T @ w
+    return float(gw @ gbar + k * np.linalg.norm(gw))
+
+
+@PROPS
+@given(jacobians(max_scale_exp=0), st.sampled_from([0.2, 0.4, 0.8]))
+def test_cagrad_matches_dense_solution(j, radius):
+    m = j.shape[0]
+    c = get("cagrad", c=radius)(gram(j))
+    jn = j.numpy()
+    gbar = jn.mean(axis=0)
+    k = radius * float(np.linalg.norm(gbar))
+    d = (j.T @ c).numpy()
+    if k < 1e-9:
+        assert np.allclose(d, gbar, atol=1e-9)
+        return
+    # Coefficients have the form 1/m + λ w with w on the simplex and ‖d − ḡ‖ = √φ.
+    lam_w = c.numpy() - 1.0 / m
+    w = lam_w / lam_w.sum()
+    assert (lam_w >= -1e-9).all()
+    assert math.isclose(float(np.linalg.norm(d - gbar)), k, rel_tol=1e-6)
+    # The inner problem's optimum is at least as good as a dense SLSQP solve (as in the authors' code).
+    res = scipy.optimize.minimize(
+        lambda x: _cagrad_value(jn, x, k),
+        np.full(m, 1.0 / m),
+        bounds=[(0, 1)] * m,
+        constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+        method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 500},
+    )
+    assert _cagrad_value(jn, w, k) <= _cagrad_value(jn, res.x, k) + 1e-7
+    # Primal view: d maximises min_i <g_i, d'> over the ball ‖d' − ḡ‖ ≤ √φ.
+    rng = np.random.default_rng(0)
+    best = float((jn @ d).min())
+    for _ in range(200):
+        u = rng.standard_normal(jn.shape[1])
+        other = gbar + k * u / np.linalg.norm(u)
+        assert float((jn @ other).min()) <= best + 1e-7
+
+
+def test_cagrad_hand_example():
+    # Orthogonal unit gradients: by symmetry w = (½, ½), g_w = ḡ, so d = (1 + c) ḡ.
+    c = get("cagrad", c=0.4)(torch.eye(2, dtype=torch.float64))
+    assert torch.allclose(c, torch.full((2,), 0.7, dtype=torch.float64), atol=1e-7)
+    assert torch.allclose(get("cagrad", c=0.0)(torch.eye(2, dtype=torch.float64)), torch.full((2,), 0.5, dtype=torch.float64))
+
+
+def _project_dual_cone(jn: np.ndarray, gi: np.ndarray) -> np.ndarray:
+    res = scipy.optimize.minimize(
+        lambda x: float(np.sum((x - gi) ** 2)),
+        gi.copy(),
+        jac=lambda x: 2 * (x - gi),
+        constraints=[{"type": "ineq", "fun": lambda x: jn @ x, "jac": lambda x: jn}],
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 1000},
+    )
+    return res.x
+
+
+@settings(max_examples=25, deadline=None)
+@given(jacobians(max_scale_exp=0))
+def test_upgrad_matches_dense_dual_cone_projections(j):
+    jn = j.numpy() / float(j.norm(dim=1).max())
+    c = get("upgrad")(torch.tensor(jn @ jn.T))
+    dense = np.mean([_project_dual_cone(jn, jn[i]) for i in range(jn.shape[0])], axis=0)
+    assert np.allclose(jn.T @ c.numpy(), dense, atol=1e-5)
+
+
+def test_upgrad_hand_example():
+    # g1 = (1, 0), g2 = (-1, 1) conflict (g1·g2 = −1): g1 projects onto {x : x·g2 >= 0} at (½, ½), and g2 onto
+    # {x : x·g1 >= 0} at (0, 1); both projections are in the dual cone. Average: (¼, ¾).
+    j = torch.tensor([[1.0, 0.0], [-1.0, 1.0]], dtype=torch.float64)
+    d = j.T @ get("upgrad")(gram(j))
+    assert torch.allclose(d, torch.tensor([0.25, 0.75], dtype=torch.float64), atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------- the ds_mgda guard
+def test_ds_mgda_zero_gradient_gets_zero_and_others_descend():
+    # Step 0 of unlearning: KL to the reference has an exactly zero gradient.
+    j = torch.tensor([[1.0, 0.2, -0.3, 0.0], [-0.4, 1.0, 0.1, 0.5], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    c = get("ds_mgda")(gram(j))
+    assert c[2] == 0.0
+    assert (gram(j)[:2] @ c > 0.1).all()
+    # Same coefficients as ds_mgda on the two live objectives alone.
+    assert torch.allclose(c[:2], get("ds_mgda")(gram(j[:2])) * (2 / 3), rtol=1e-9)  # mean norm over 3 vs 2
+
+
+def test_ds_mgda_vanishing_gradient_does_not_explode():
+    rng = np.random.default_rng(3)
+    j = torch.tensor(rng.standard_normal((3, 10)))
+    for eps in (1e-3, 1e-6, 1e-9):
+        jj = j.clone()
+        jj[2] *= eps
+        g = gram(jj)
+        unguarded = get("ds_mgda", vanish_tol=0.0, max_ratio=None)(g)
+        if eps <= 1e-3:
+            assert unguarded.abs().max() > 10.0 / eps ** 0.5  # what the guard is for (13 → 12,700 in a prototype)
+        c = get("ds_mgda")(g)
+        soft = get("ds_mgda", vanish_tol=0.0)(g)  # the max_ratio floor alone
+        for cc in (c, soft):
+            assert torch.isfinite(cc).all()
+            assert cc.abs().max() <= 100.0  # coefficients stay O(max_ratio) in mean-norm units
+            assert (g[:2] @ cc > 0.1 * float(g[:2].diagonal().min())).all()  # the others still descend
+        if eps <= 1e-6:
+            assert c[2] == 0.0  # below vanish_tol: excluded from the dual solve
+        # A floored objective's share of the direction fades with its gradient.
+        assert float(soft[2].abs() * jj[2].norm()) <= 1e3 * eps * float(jj.T.matmul(soft).norm())
+
+
+def test_ds_mgda_preference_and_norm_options():
+    j = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 4.0]], dtype=torch.float64)
+    g = gram(j)
+    # Orthogonal gradients: edges are the unit gradients, so d = Σ α_j g_j/‖g_j‖, scaled to the reference norm.
+    for pref in ([1.0, 1.0, 1.0], [4.0, 1.0, 1.0]):
+        c = get("ds_mgda", preference=pref)(g)
+        d = j.T @ c
+        expected = torch.tensor(pref, dtype=torch.float64)
+        assert torch.allclose(d / d.norm(), expected / expected.norm())
+        assert math.isclose(float(d.norm()), 7.0 / 3.0, rel_tol=1e-12)
+    d_max = j.T @ get("ds_mgda", norm="max")(g)
+    assert math.isclose(float(d_max.norm()), 4.0, rel_tol=1e-12)
+    d_none = j.T @ get("ds_mgda", norm="none")(g)
+    assert torch.allclose(d_none, torch.ones(3, dtype=torch.float64))

