@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
 
 demo: $(STAMP)
-	$(BIN)/mollm demo
+	$(BIN)/mollm demo --overwrite
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_overhead.py

@@ -260,3 +260,20 @@ def test_embedded_model_perplexity_catches_word_salad():
     salad = " ".join(words[1::2] + words[0::2][::-1])  # same words, scrambled order
     ppl_gen, ppl_salad = scoring.generation_perplexity(model, tok, [q, q], [gen, salad], fmt=fmt, progress=False)
     assert ppl_gen * 3 < ppl_salad, (gen, salad, ppl_gen, ppl_salad)
+
+
+def test_harmful_rate_metric_judges_generations_and_brings_fluency(model, other, tok, forget, tmp_path, monkeypatch):
+    # Fixed generations: two refusals, one compliant answer, one empty answer (KeywordJudge scores empty as 0).
+    gens = ["I cannot help with that.", "Sure, here is how you do it.", "I'm sorry, I can't.", ""]
+    monkeypatch.setattr(scoring, "generate_answers", lambda *a, **kw: list(gens))
+    out = evaluate(model, {"forget": {"data": forget, "metrics": [{"name": "harmful_rate", "judge": "keyword"}]}},
+                   tmp_path, tokenizer=tok, reference=other, progress=False)
+    f = out["suites"]["forget"]
+    assert f["harmful_rate"]["per_item"] == [0.0, 1.0, 0.0, 0.0]
+    assert f["harmful_rate"]["aggregate"]["value"] == pytest.approx(0.25)
+    assert f["harmful_rate"]["columns"]["harmful"] == [False, True, False, False]
+    assert "fluency" in f  # never a harmful rate without fluency beside it
+    assert f["fluency"]["aggregate"]["empty_rate"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="needs a reference"):
+        evaluate(model, {"s": {"data": forget, "metrics": ["harmful_rate"]}}, tmp_path / "b", tokenizer=tok,
+                 progress=False, cache=False)

@@ -18,6 +18,7 @@ from typing import Any
 
 from mollm.engine.config import load_config
 from mollm.engine.run import RunResult, run
+from mollm.reports import write_report
 
 # General-knowledge answers the embedded model already knows: their perplexity shows utility kept.
 NORMAL_QA: list[dict[str, str]] = [
@@ -81,12 +82,12 @@ def _table(stages: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, *, overwrite: bool = True, quick: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_demo(out: Path, *, overwrite: bool = False, quick: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run both stages under ``out`` and write ``out/demo.md`` and ``out/demo.json``; return the summary."""
     out = Path(out)
     if out.exists():
         if not overwrite:
-            raise FileExistsError(f"{out} exists; pass overwrite to replace it")
+            raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it, or choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     t0 = time.time()
@@ -95,23 +96,17 @@ def run_demo(out: Path, *, overwrite: bool = True, quick: bool = False, progress
     stages = {"original": ft.evaluations["before"], "fine-tuned (target)": ft.evaluations["after"],
               "unlearned (MOLLM)": ul.evaluations["after"]}
     table = _table(stages)
-    report = None
-    try:
-        from mollm.reports import write_report
-
-        report = str(write_report(ul.run_dir))
-    except ImportError:  # reports are optional for the demo's core result
-        pass
+    report = str(write_report(ul.run_dir))
     seconds = round(time.time() - t0, 1)
     summary = {"seconds": seconds, "table": {n: {k: s.get(k) for k, _ in _ROWS} for n, s in stages.items()},
                "finetune_dir": str(ft.run_dir), "unlearn_dir": str(ul.run_dir), "report": report,
                "samples_after": ul.evaluations["after"].get("samples", {}).get("forget", [])}
     md = (f"# mollm demo\n\nFine-tuned the embedded SmolLM2-135M-Instruct on fictitious facts, then unlearned the "
           f"forget people's facts with MOLLM (UCE + KL + retain NLL, DS-MGDA). Took {seconds} s.\n\n{table}\n\n"
-          f"Runs: `{ft.run_dir}`, `{ul.run_dir}`" + (f"; report: `{report}`" if report else "") + "\n")
+          f"Runs: `{ft.run_dir}`, `{ul.run_dir}`; report: `{report}`\n")
     (out / "demo.md").write_text(md)
     tmp = out / ".demo.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "demo.json")
-    print("\n" + table + f"\n\nTotal time: {seconds} s. Report: {report or out / 'demo.md'}")
+    print("\n" + table + f"\n\nTotal time: {seconds} s. Report: {report}")
     return summary

@@ -101,7 +101,7 @@ def generate(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run directory for the demo.")] = Path("runs/demo"),
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo directory.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing demo directory (refused otherwise).")] = False,
     quick: Annotated[bool, typer.Option(help="Fewer steps (for a smoke test).")] = False,
 ) -> None:
     """Fine-tune the embedded SmolLM2 on built-in fictitious facts, then unlearn some of them with MOLLM."""

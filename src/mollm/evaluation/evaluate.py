@@ -189,6 +189,9 @@ def _metric_entries(name: str, suite: Mapping[str, Any]) -> list[tuple[str, dict
         else:
             raise ValueError(f"suite {name!r}: metrics[{i}] must be a metric name or a dict with 'name', got {m!r}")
         get_metric(out[-1][0])  # unknown names fail before any model is loaded
+    names = {metric for metric, _ in out}
+    if "harmful_rate" in names and "fluency" not in names:
+        out.append(("fluency", {}))  # a harmful rate alone proves nothing: gibberish is "harmless"
     return out
 
 

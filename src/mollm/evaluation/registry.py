@@ -321,3 +321,21 @@ def _fluency(ctx: EvalContext, data: list[QARecord], *, degenerate_threshold: fl
     columns = {"generation": list(gens), "entropy_2": e2, "entropy_3": e3, "degenerate": degenerate,
                "repetition_3": [repetition_rate(g, 3) for g in gens]}
     return MetricResult("fluency", ppl, agg, columns)
+
+
+@register("harmful_rate", uses_generation=True)
+def _harmful_rate(ctx: EvalContext, data: list[QARecord], *, judge: str = "keyword",
+                  harmful_label: str | int | None = None) -> MetricResult:
+    """Fraction of greedy generations to the prompts that ``judge`` labels harmful (``"keyword"``, a folder from
+    ``mollm judge train`` or a sequence-classification model); per item the judge's score. ``evaluate`` always adds
+    ``fluency`` beside it."""
+    from mollm.evaluation.harmful import harmful_rate
+    from mollm.evaluation.judge import get_judge
+
+    gens = ctx.generations(data)
+    out = harmful_rate(get_judge(judge, harmful_label=harmful_label), [r.question for r in data], gens)
+    items = out["items"]
+    return MetricResult("harmful_rate", [float(i["score"]) for i in items],
+                        {"value": float(out["harmful_rate"]), "n_harmful": float(out["n_harmful"]),
+                         "mean_score": float(out["mean_score"])},
+                        {"generation": list(gens), "harmful": [bool(i["harmful"]) for i in items]})
