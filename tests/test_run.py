@@ -197,3 +197,17 @@ def test_inline_record_missing_field_is_named(tmp_path, tokenizer):
     config = _config(tmp_path, data={"forget": [{"question": "q?"}], "retain": [{"question": "a?", "answer": "b"}]})
     with pytest.raises(RunError, match=r"data.forget.0.answer: expected a non-empty string"):
         run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+
+
+def test_geffect_tracking_during_a_run(tmp_path, tokenizer):
+    config = _config(tmp_path, steps=4, evaluation={"before": False, "after": False},
+                     geffect={"every": 2, "objectives": ["ga", "npo"], "batch_size": 2})
+    result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+    rows = [json.loads(x) for x in (result.run_dir / "geffect.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["objective"]) for r in rows] == [(2, "ga"), (2, "npo"), (4, "ga"), (4, "npo")]
+    for r in rows:
+        assert r["e_u"] < 0  # ascent on the forget batch raises forget NLL: negative unlearning G-effect
+        assert r["e_r"] is not None
+        assert sum(g["e_u"] for g in r["per_group"].values()) == pytest.approx(r["e_u"], rel=1e-4)
+    with pytest.raises(ConfigError, match="geffect.retain: 'nope' is not a key of 'data'"):
+        _config(tmp_path, geffect={"retain": "nope"})

@@ -116,6 +116,18 @@ class EvaluationConfig(_Strict):
     suites: dict[str, SuiteConfig] | None = None
 
 
+class GEffectTrackingConfig(_Strict):
+    """Track G-effects during a run: every ``every`` steps, on fixed probe batches of ``forget`` and ``retain`` data,
+    for ``objectives`` (loss names; default the run's own objectives). Written to ``<run>/geffect.jsonl``."""
+
+    every: int = Field(10, gt=0)
+    objectives: list[str] | None = None
+    forget: str | None = None  # key of `data`; default the first objective's data
+    retain: str | None = None  # key of `data`; default "retain" when present
+    batch_size: int = Field(4, gt=0)
+    per_sample: bool = False
+
+
 class RunConfig(_Strict):
     """Everything a run needs. ``mode`` chooses unlearning or plain fine-tuning (to build a target model)."""
 
@@ -140,6 +152,7 @@ class RunConfig(_Strict):
     log_every: int = Field(1, gt=0)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     stop: StopConfig | None = None
+    geffect: GEffectTrackingConfig | None = None
     output_dir: str = "runs/{name}"
     name: str = "run"
     overwrite: bool = False
@@ -160,6 +173,11 @@ class RunConfig(_Strict):
         for i, o in enumerate(self.objectives):
             if o.data not in self.data:
                 raise ValueError(f"objectives.{i}.data: '{o.data}' is not a key of 'data' ({sorted(self.data)})")
+        if self.geffect is not None:
+            for key in ("forget", "retain"):
+                name = getattr(self.geffect, key)
+                if name is not None and name not in self.data:
+                    raise ValueError(f"geffect.{key}: '{name}' is not a key of 'data' ({sorted(self.data)})")
         return self
 
     @property

@@ -4,6 +4,7 @@ One call, :func:`run`, does everything a run needs and writes it to the run dire
 
     <run>/config.yaml        resolved configuration (all defaults filled in), seed included
     <run>/metrics.jsonl      one line per step: losses, gradient norms, cosines, coefficients, G c, conflict
+    <run>/geffect.jsonl      G-effects every N steps (when the config has a `geffect:` section)
     <run>/eval/*.json        evaluation before / every N steps / after
     <run>/tensorboard/       TensorBoard logs
     <run>/checkpoints/step_N accelerate state (model, optimizer, scheduler, RNG), for resuming
@@ -195,7 +196,8 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
 
     objectives = [get_objective(o.loss, **o.options) for o in config.objectives]
     labels = [o.label for o in config.objectives]
-    needs_ref = any(obj.needs_reference for obj in objectives) or bool(config.evaluation.suites)
+    tracked = [get_objective(n) for n in (config.geffect.objectives or [])] if config.geffect else []
+    needs_ref = any(obj.needs_reference for obj in objectives + tracked) or bool(config.evaluation.suites)
     reference = Reference.from_model(model) if needs_ref else None
 
     data = _load_data(config)
@@ -228,6 +230,8 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     if start_step:
         accelerator.load_state(str(run_dir / "checkpoints" / f"step_{start_step}"))
         _truncate_metrics(metrics_path, start_step)
+        _truncate_metrics(run_dir / "geffect.jsonl", start_step)
+    geffects = _geffect_callback(config, data, objectives, tokenizer, fmt, pad_id, run_dir)
 
     eval_keys = config.evaluation.datasets or list(data)
     eval_sets = {key: data[key][: config.evaluation.max_items] for key in eval_keys}
@@ -284,6 +288,8 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
             bar.set_postfix({k: f"{v:.3g}" for k, v in record["losses"].items() if v is not None})
             if on_step is not None:
                 on_step(step + 1, record)
+            if geffects is not None and status == "completed":
+                geffects.on_step(step + 1, model, reference)
             if status != "completed":
                 break
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
@@ -323,6 +329,24 @@ def _evaluate_suites(config: RunConfig, model, tokenizer, reference, fmt: Prompt
     if "model_utility" in results:
         flat["model_utility"] = results["model_utility"]["value"]
     return flat
+
+
+def _geffect_callback(config: RunConfig, data: dict[str, list[QARecord]], objectives: list, tokenizer,
+                      fmt: PromptFormat, pad_id: int, run_dir: Path):
+    """The G-effect tracker the config asks for (fixed probe batches, so curves over steps are comparable)."""
+    g = config.geffect
+    if g is None:
+        return None
+    from mollm.geffect.tracking import GEffectCallback
+
+    def probe(key: str) -> dict[str, torch.Tensor]:
+        return collate([encode_record(r, tokenizer, fmt, config.max_length) for r in data[key][: g.batch_size]], pad_id)
+
+    forget_key = g.forget or config.objectives[0].data
+    retain_key = g.retain or ("retain" if "retain" in data else None)
+    targets = g.objectives or {o.label: obj for o, obj in zip(config.objectives, objectives)}
+    return GEffectCallback(targets, probe(forget_key), probe(retain_key) if retain_key else None, every=g.every,
+                           out_dir=run_dir, per_sample=g.per_sample)
 
 
 def _named(stats) -> dict[str, Any]:
