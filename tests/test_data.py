@@ -137,7 +137,7 @@ def test_explicit_field_mapping(tmp_path: Path) -> None:
 
 def test_error_malformed_json_line(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "data.jsonl", [json.dumps(ROWS[0]), json.dumps(ROWS[1]), '{"question": "x", '])
-    with pytest.raises(DataError, match=r"data\.jsonl:3: invalid JSON"):
+    with pytest.raises(DataError, match=r"data\.jsonl:3: not valid JSON"):
         load_records(path)
 
 
@@ -196,7 +196,7 @@ def test_error_csv_empty_cell_and_short_row(tmp_path: Path) -> None:
         ("data.csv", "question,answer\n", r"data\.csv: no records found"),
         ("data.txt", "q a", r"data\.txt: unknown file extension '\.txt'; expected one of \.jsonl, \.json, \.csv, \.parquet"),
         ("data.json", '{"rows": []}', r"data\.json: expected a JSON array .*'data'; found an object with keys 'rows'"),
-        ("data.json", '[\n {"question": "q",\n  "answer": }\n]', r"data\.json:3: invalid JSON"),
+        ("data.json", '[\n {"question": "q",\n  "answer": }\n]', r"data\.json:3: not valid JSON"),
         ("data.json", '[{"question": "q", "answer": "a"}, "text"]', r"data\.json:1: item 1 should be a JSON object, got a string"),
         ("data.parquet", "not parquet", r"data\.parquet: not a readable Parquet file"),
     ],
@@ -243,7 +243,7 @@ def test_tofu_jsonl_despite_json_and_refusals() -> None:
     refusals = read_tofu_refusals(TOFU / "idontknow.jsonl")
     assert len(refusals) == 100
     assert refusals[:2] == ["I'm not certain about that.", "That's beyond my current knowledge base."]
-    with pytest.raises(DataError, match=r"idontknow\.jsonl:1: invalid JSON"):
+    with pytest.raises(DataError, match=r"idontknow\.jsonl:1: not valid JSON"):
         read_tofu(TOFU / "idontknow.jsonl")
 
 

@@ -57,7 +57,7 @@ def finetune_config(out: Path, quick: bool = False) -> dict[str, Any]:
     cfg.update(mode="finetune", model="embedded", aggregator={"name": "linear"},
                objectives=[{"loss": "nll", "data": "all_facts", "batch_size": 8}],
                optimizer={"name": "adamw", "lr": 2e-4}, schedule={"name": "linear"},
-               epochs=2 if quick else 8, grad_clip=1.0)
+               epochs=2 if quick else 6, grad_clip=1.0)
     return cfg
 
 
@@ -69,7 +69,7 @@ def unlearn_config(out: Path, target: Path, quick: bool = False) -> dict[str, An
                            {"name": "kl", "loss": "kl", "data": "retain", "batch_size": 4},
                            {"name": "retain_nll", "loss": "nll", "data": "retain", "batch_size": 4}],
                aggregator={"name": "ds_mgda"}, optimizer={"name": "adamw", "lr": 1e-4},
-               steps=4 if quick else 30, grad_clip=1.0)
+               steps=4 if quick else 24, grad_clip=1.0)
     return cfg
 
 

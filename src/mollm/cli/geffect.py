@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mollm.geffect.tracking import JSONL_NAME, read_jsonl, step_of, write_json
+from mollm.geffect.tracking import read_jsonl, step_of, write_json
 
 
 def parse_objectives(spec: str) -> dict[str, Any]:

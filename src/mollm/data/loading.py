@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mollm.data.encode import DataError
+from mollm.data.jsonl import iter_jsonl, json_type
 from mollm.data.records import QARecord
 
 QUESTION_FIELDS: tuple[str, ...] = ("question", "prompt", "instruction", "input")
@@ -199,16 +200,7 @@ def _read_text(path: Path, label: str) -> str:
 
 
 def _jsonl_rows(path: Path, label: str, text: str) -> Iterator[tuple[str, Row]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{label}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
-        if not isinstance(row, dict):
-            raise DataError(f"{label}:{lineno}: expected a JSON object, got {_json_type(row)}")
-        yield f"{label}:{lineno}", row
+    yield from iter_jsonl(path, text=text, label=label)
 
 
 def _json_rows(path: Path, label: str) -> Iterator[tuple[str, Row]]:
@@ -219,7 +211,7 @@ def _json_rows(path: Path, label: str) -> Iterator[tuple[str, Row]]:
         # Some published ".json" files (e.g. TOFU's real_authors/world_facts) are JSON Lines: one object per line.
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
             return _jsonl_rows(path, label, text)
-        raise DataError(f"{label}:{e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from e
+        raise DataError(f"{label}:{e.lineno}: not valid JSON: {e.msg} (column {e.colno})") from e
     if isinstance(data, dict):
         if not isinstance(data.get("data"), list):
             raise DataError(
@@ -228,14 +220,14 @@ def _json_rows(path: Path, label: str) -> Iterator[tuple[str, Row]]:
             )
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(f"{label}: expected a JSON array of objects, got {_json_type(data)}")
+        raise DataError(f"{label}: expected a JSON array of objects, got {json_type(data)}")
     return _indexed_rows(data, label, "JSON object")
 
 
 def _indexed_rows(items: list[Any], label: str, kind: str) -> Iterator[tuple[str, Row]]:
     for i, row in enumerate(items):
         if not isinstance(row, dict):
-            raise DataError(f"{label}:{i}: item {i} should be a {kind}, got {_json_type(row)}")
+            raise DataError(f"{label}:{i}: item {i} should be a {kind}, got {json_type(row)}")
         yield f"{label}:{i}", row
 
 
@@ -286,8 +278,3 @@ def _hub_rows(dataset_id: str, *, split: str, hf_config: str | None) -> Iterator
     label = f"{dataset_id}[{split}]"
     for i, row in enumerate(ds):
         yield f"{label}:{i}", row
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), f"a {type(value).__name__}")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from mollm.data.encode import DataError
+from mollm.data.jsonl import iter_jsonl
 
 _PROMPT_FIELDS = ("prompt", "question", "instruction", "input")
 
@@ -26,16 +26,8 @@ def read_prompts(path: str | Path) -> list[str]:
         raise DataError(f"{path}: prompts file not found")
     prompts: list[str] = []
     if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{n}: invalid JSON: {err.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object with a 'prompt' field")
-            prompts.append(_pick(row, f"{path}:{n}"))
+        for where, row in iter_jsonl(path, expected="a JSON object with a 'prompt' field"):
+            prompts.append(_pick(row, where))
     elif path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as fh:
             for n, row in enumerate(csv.DictReader(fh), 2):

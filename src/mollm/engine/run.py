@@ -34,7 +34,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from mollm.data.encode import PromptFormat, encode_record, collate
+from mollm.atomic import atomic_write_text
+from mollm.data.encode import PromptFormat, collate, encode_record
 from mollm.data.records import QARecord
 from mollm.engine.config import RunConfig, dump_config
 
@@ -59,12 +60,6 @@ class RunResult:
     @property
     def metrics_path(self) -> Path:
         return self.run_dir / "metrics.jsonl"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class _Sampler:
@@ -153,7 +148,7 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= after_step]
-    _write_atomic(path, "".join(ln + "\n" for ln in keep))
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def _check_stop(config: RunConfig, evaluation: dict[str, Any]) -> bool:
@@ -180,7 +175,7 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     from mollm.objectives import prepare_records, read_refusals
 
     run_dir, start_step = _prepare_run_dir(config)
-    _write_atomic(run_dir / "config.yaml", dump_config(config))
+    atomic_write_text(run_dir / "config.yaml", dump_config(config))
     set_seed(config.seed)
 
     if model is None:
@@ -248,7 +243,7 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
             result["suites"] = _evaluate_suites(config, model, tokenizer, reference, fmt, eval_dir / f"suites_{tag}",
                                                 progress)
         evaluations[tag] = result
-        _write_atomic(eval_dir / f"{tag}.json", json.dumps(result, indent=2))
+        atomic_write_text(eval_dir / f"{tag}.json", json.dumps(result, indent=2))
         accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=_step)
         model.train()
         return result
@@ -310,7 +305,7 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     accelerator.end_training()
     summary = {"status": status, "steps": _step, "seconds": round(time.time() - t0, 2), "seed": config.seed,
                "model_dir": str(model_dir), "mode": config.mode}
-    _write_atomic(run_dir / "run.json", json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
     return RunResult(run_dir, model_dir, _step, status, history, evaluations)
 
 

@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from mollm.atomic import atomic_write_text
 from mollm.data.encode import PromptFormat
 from mollm.data.records import QARecord
 from mollm.evaluation.registry import EvalContext, MetricResult, compute_metric, get_metric
@@ -115,17 +115,8 @@ def _json_safe(obj: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` as JSON (NaN/inf become null) via a temporary file in the same folder and a rename."""
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=1, allow_nan=False))
 
 
 def _read_json(path: Path) -> Any | None:

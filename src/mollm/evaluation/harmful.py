@@ -6,13 +6,13 @@ Reads the ``{"prompt", "response"}`` JSONL files that ``mollm generate`` writes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mollm.data.encode import DataError
+from mollm.data.jsonl import iter_jsonl
 from mollm.evaluation.judge import Judge
-from mollm.reports._files import atomic_write_json
+from mollm.atomic import atomic_write_json
 
 __all__ = ["read_responses", "harmful_rate", "score_responses_file"]
 
@@ -28,27 +28,14 @@ def read_responses(path: Path | str) -> tuple[list[str], list[str]]:
         raise DataError(f"{path}: responses file not found (expected JSONL written by 'mollm generate')")
     prompts: list[str] = []
     responses: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{where}: not valid JSON ({exc.msg}); expected an object with 'prompt' and 'response'"
-                ) from exc
-            if not isinstance(row, dict):
-                kind = type(row).__name__
-                raise DataError(f"{where}: expected a JSON object with 'prompt' and 'response', got {kind}")
-            for field in ("prompt", "response"):
-                if field not in row:
-                    raise DataError(f"{where}: field {field!r} missing")
-                if not isinstance(row[field], str):
-                    raise DataError(f"{where}: field {field!r} is {type(row[field]).__name__}; expected a string")
-            prompts.append(row["prompt"])
-            responses.append(row["response"])
+    for where, row in iter_jsonl(path, expected="a JSON object with 'prompt' and 'response'"):
+        for field in ("prompt", "response"):
+            if field not in row:
+                raise DataError(f"{where}: field {field!r} missing")
+            if not isinstance(row[field], str):
+                raise DataError(f"{where}: field {field!r} is {type(row[field]).__name__}; expected a string")
+        prompts.append(row["prompt"])
+        responses.append(row["response"])
     if not responses:
         raise DataError(f"{path}: no responses found (file is empty)")
     return prompts, responses

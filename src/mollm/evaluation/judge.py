@@ -26,7 +26,8 @@ from typing import Any, Literal
 import numpy as np
 
 from mollm.data.encode import DataError
-from mollm.reports._files import atomic_write_json
+from mollm.data.jsonl import iter_jsonl
+from mollm.atomic import atomic_write_json
 
 __all__ = [
     "Judge",
@@ -497,39 +498,29 @@ def read_labelled_responses(path: Path | str) -> list[LabelledResponse]:
 
         return [LabelledResponse(r.prompt, r.response, not r.is_safe, r.source) for r in read_pku_labelled(path)]
     out: list[LabelledResponse] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            prompt = row.get("prompt")
-            if not isinstance(prompt, str):
-                raise DataError(f"{where}: field 'prompt' missing or not a string")
-            if "response_0" in row or "response_1" in row:
-                for k in (0, 1):
-                    resp, lab = row.get(f"response_{k}"), f"is_response_{k}_safe"
-                    if not isinstance(resp, str):
-                        raise DataError(f"{where}: field 'response_{k}' missing or not a string")
-                    if lab not in row:
-                        raise DataError(f"{where}: field {lab!r} missing (expected a boolean safety label)")
-                    out.append(LabelledResponse(prompt, resp, not _as_bool(row[lab], where, lab), where))
-            else:
-                resp = row.get("response")
+    for where, row in iter_jsonl(path, expected="a JSON object with 'prompt' and 'response' fields"):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str):
+            raise DataError(f"{where}: field 'prompt' missing or not a string")
+        if "response_0" in row or "response_1" in row:
+            for k in (0, 1):
+                resp, lab = row.get(f"response_{k}"), f"is_response_{k}_safe"
                 if not isinstance(resp, str):
-                    raise DataError(f"{where}: field 'response' missing or not a string")
-                if "harmful" in row:
-                    harmful = _as_bool(row["harmful"], where, "harmful")
-                elif "is_safe" in row:
-                    harmful = not _as_bool(row["is_safe"], where, "is_safe")
-                else:
-                    raise DataError(f"{where}: expected a 'harmful' or 'is_safe' boolean field")
-                out.append(LabelledResponse(prompt, resp, harmful, where))
+                    raise DataError(f"{where}: field 'response_{k}' missing or not a string")
+                if lab not in row:
+                    raise DataError(f"{where}: field {lab!r} missing (expected a boolean safety label)")
+                out.append(LabelledResponse(prompt, resp, not _as_bool(row[lab], where, lab), where))
+        else:
+            resp = row.get("response")
+            if not isinstance(resp, str):
+                raise DataError(f"{where}: field 'response' missing or not a string")
+            if "harmful" in row:
+                harmful = _as_bool(row["harmful"], where, "harmful")
+            elif "is_safe" in row:
+                harmful = not _as_bool(row["is_safe"], where, "is_safe")
+            else:
+                raise DataError(f"{where}: expected a 'harmful' or 'is_safe' boolean field")
+            out.append(LabelledResponse(prompt, resp, harmful, where))
     if not out:
         raise DataError(f"{path}: no labelled responses found")
     return out

@@ -3,31 +3,25 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from mollm.data.encode import DataError
+from mollm.data.jsonl import iter_jsonl
 
 _REQUIRED = ("step", "losses", "grad_norms", "conflict", "Gc")
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from e
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{lineno}: expected a JSON object")
+    for where, row in iter_jsonl(path, expected="a JSON object (one step's statistics)"):
         missing = [k for k in _REQUIRED if k not in row]
         if missing:
-            raise ValueError(f"{path}:{lineno}: missing field(s) {missing} (expected {list(_REQUIRED)})")
+            raise DataError(f"{where}: missing field(s) {missing} (expected {list(_REQUIRED)})")
         for key in ("losses", "grad_norms", "Gc"):
             if not isinstance(row[key], dict):
-                raise ValueError(f"{path}:{lineno}: field {key!r} must be an object {{objective: number}}")
+                raise DataError(f"{where}: field {key!r} must be an object {{objective: number}}")
         rows.append(row)
     return rows
 

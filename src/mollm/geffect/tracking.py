@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mollm.atomic import atomic_write_bytes
+from mollm.data.jsonl import iter_jsonl
 from mollm.geffect.core import GEffect, GradEMA, _resolve_objectives, compute_geffects
 from mollm.geffect.groups import ParamGroups, param_groups
 from mollm.objectives.base import Batch
 
 JSONL_NAME = "geffect.jsonl"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared/committed
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def append_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -40,24 +27,17 @@ def append_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     if old and not old.endswith(b"\n"):
         old += b"\n"
     new = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode()
-    _atomic_write(path, old + new)
+    atomic_write_bytes(path, old + new)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically."""
-    _atomic_write(Path(path), (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a G-effect JSON-Lines file; a malformed line is an error naming the file and line."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-    return rows
+    return [row for _, row in iter_jsonl(path, expected="a JSON object (one G-effect)")]
 
 
 class GEffectCallback:

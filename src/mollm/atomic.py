@@ -1,4 +1,5 @@
-"""Atomic file writes (temp file in the same folder + rename), shared by reports and the judge."""
+"""Atomic file writes (a temp file in the same folder, then a rename): a reader, or a run interrupted mid-write,
+sees the old file or the complete new one, never a partial one."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         # Leave no stray temp file behind on failure (including KeyboardInterrupt).

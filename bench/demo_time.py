@@ -1,0 +1,55 @@
+"""Benchmark: wall-clock time of the built-in demo (`make demo` → `mollm demo`) on this machine, and what it shows.
+
+Runs the demo end to end (fine-tune the embedded SmolLM2 on the built-in facts, then unlearn the forget part with
+MOLLM) in a temporary directory, and writes its time per phase, the before/after table and the machine's description
+to ``bench/results/demo.json``. The README quotes the time from here; no test asserts a time.
+
+Usage: ``python bench/demo_time.py [--out bench/results/demo.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mollm.demo import run_demo
+
+
+def _phase_seconds(run_dir: Path) -> float:
+    return float(json.loads((run_dir / "run.json").read_text())["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "demo.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        summary = run_demo(Path(tmp) / "demo", progress=False)
+        total = time.perf_counter() - t0
+        result = {
+            "benchmark": "demo_time",
+            "seconds_total": round(total, 1),
+            "seconds_finetune_loop": _phase_seconds(Path(summary["finetune_dir"])),
+            "seconds_unlearn_loop": _phase_seconds(Path(summary["unlearn_dir"])),
+            "under_5_minutes": total < 300,
+            "table": summary["table"],
+            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "python": platform.python_version(), "torch": torch.__version__},
+        }
+    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp_out, args.out)
+
+
+if __name__ == "__main__":
+    main()
