@@ -211,3 +211,20 @@ def test_geffect_tracking_during_a_run(tmp_path, tokenizer):
         assert sum(g["e_u"] for g in r["per_group"].values()) == pytest.approx(r["e_u"], rel=1e-4)
     with pytest.raises(ConfigError, match="geffect.retain: 'nope' is not a key of 'data'"):
         _config(tmp_path, geffect={"retain": "nope"})
+
+
+def test_report_of_a_run_with_step_evaluations_and_geffects(tmp_path, tokenizer):
+    from mollm.reports import write_report
+
+    suites = {"forget": {"data": f"facts:forget#{FACTS}", "limit": 2, "metrics": ["probability"]}}
+    config = _config(tmp_path, steps=4, evaluation={"every": 2, "max_items": 2, "accuracy": False, "suites": suites},
+                     geffect={"every": 2, "objectives": ["ga"], "batch_size": 2})
+    result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+    step_2 = json.loads((result.run_dir / "eval" / "step_2.json").read_text())
+    assert "forget/probability" in step_2["suites"]  # suites run at every evaluation point, not only before/after
+    html = write_report(result.run_dir).read_text()
+    assert "Evaluation over steps" in html and "G-effects over steps" in html
+    plots = result.run_dir / "report" / "plots"
+    assert (plots / "geffect.png").stat().st_size > 1000
+    assert (plots / "eval_nll.png").stat().st_size > 1000
+    assert html.count("data:image/png;base64,") >= 7  # 5 training plots + evaluation + G-effect, all inlined

@@ -103,7 +103,8 @@ class SuiteConfig(_Strict):
 class EvaluationConfig(_Strict):
     """Evaluation during a run: answer NLL/accuracy on each data set, before, every N steps and after.
 
-    ``suites`` adds the full metric suites of :mod:`mollm.evaluation` (TOFU, fluency, KL, ...) before and after.
+    ``suites`` adds the full metric suites of :mod:`mollm.evaluation` (TOFU, harmful rate, fluency, KL, ...) at the
+    same points (before, every N steps, after).
     """
 
     every: int = Field(0, ge=0)  # 0 = only before and after

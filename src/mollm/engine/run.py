@@ -239,7 +239,7 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
                                   accuracy=config.evaluation.accuracy,
                                   max_new_tokens=config.evaluation.max_new_tokens, progress=progress,
                                   desc=f"evaluate ({tag})")
-        if config.evaluation.suites and tag in ("before", "after"):
+        if config.evaluation.suites:
             result["suites"] = _evaluate_suites(config, model, tokenizer, reference, fmt, eval_dir / f"suites_{tag}",
                                                 progress)
         evaluations[tag] = result

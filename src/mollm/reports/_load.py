@@ -55,6 +55,22 @@ def read_json_metrics(path: Path) -> dict[str, float] | None:
     return flatten_metrics(data)
 
 
+def read_eval_series(eval_dir: Path, last_step: int | None = None) -> tuple[list[int], dict[str, list[float]]]:
+    """A run's evaluations over steps: ``before.json`` (step 0), ``step_N.json`` and ``after.json`` (``last_step``,
+    or one past the last N). Returns the steps and, per flattened metric, its value at each step (NaN where absent)."""
+    points: list[tuple[int, dict[str, float]]] = []
+    before = read_json_metrics(eval_dir / "before.json")
+    if before is not None:
+        points.append((0, before))
+    steps = sorted((int(p.stem.split("_")[1]), p) for p in eval_dir.glob("step_*.json") if p.stem.split("_")[1].isdigit())
+    points += [(n, read_json_metrics(p) or {}) for n, p in steps]
+    after = read_json_metrics(eval_dir / "after.json")
+    if after is not None:
+        points.append((last_step if last_step is not None else (points[-1][0] + 1 if points else 1), after))
+    names = sorted({k for _, m in points for k in m})
+    return [s for s, _ in points], {n: [m.get(n, float("nan")) for _, m in points] for n in names}
+
+
 def read_config(path: Path) -> dict[str, Any] | None:
     """The run's ``config.yaml`` as a dict, or ``None`` if absent."""
     if not path.is_file():

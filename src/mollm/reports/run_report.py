@@ -13,6 +13,7 @@ from mollm.reports._load import (
     TrainingLog,
     flatten_config,
     read_config,
+    read_eval_series,
     read_json_metrics,
     read_training_log,
 )
@@ -133,6 +134,15 @@ def _training_summary(log: TrainingLog) -> list[list[str]]:
     return rows
 
 
+def _metric_groups(series: dict[str, list[float]]) -> dict[str, list[str]]:
+    """Group metric names into plots by their last word (accuracy, nll, probability, ...), so scales match."""
+    groups: dict[str, list[str]] = {}
+    for name in series:
+        kind = name.rsplit(".", 1)[-1].rsplit("/", 1)[-1].rsplit("_", 1)[-1]
+        groups.setdefault(kind.replace("/", "_") or "value", []).append(name)
+    return groups
+
+
 _SUMMARY_HEADER = ["objective", "first loss", "last loss", "max grad norm", "mean (G c)_i", "steps with (G c)_i < 0"]
 
 
@@ -200,6 +210,32 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
             plot_files.append((stem, caption))
             blocks.append(("img", (caption, png)))
             md += [f"![{caption}](plots/{stem}.png)", ""]
+
+    last = int(log.steps[-1]) if log is not None and len(log) else None
+    eval_steps, eval_series = read_eval_series(run_dir / "eval", last) if (run_dir / "eval").is_dir() else ([], {})
+    if len(eval_steps) > 2:  # more than before / after: show the metrics' curves over the run
+        from mollm.reports._plots import plot_series
+
+        blocks.append(("h2", "Evaluation over steps"))
+        md += ["## Evaluation over steps", ""]
+        for stem, keys in _metric_groups(eval_series).items():
+            caption = f"Evaluation over steps: {stem}"
+            png = plot_series(eval_steps, {k: eval_series[k] for k in keys}, caption, stem)
+            atomic_write_bytes(out_dir / "plots" / f"eval_{stem}.png", png)
+            blocks.append(("img", (caption, png)))
+            md += [f"![{caption}](plots/eval_{stem}.png)", ""]
+
+    if (run_dir / "geffect.jsonl").is_file():
+        from mollm.geffect.plots import plot_curves
+        from mollm.geffect.tracking import read_jsonl
+
+        blocks.append(("h2", "G-effects over steps"))
+        md += ["## G-effects over steps", ""]
+        png_path = plot_curves(read_jsonl(run_dir / "geffect.jsonl"), out_dir / "plots" / "geffect.png",
+                               title="G-effects during the run")
+        caption = "Unlearning (e_u) and retaining (e_r) G-effect of each tracked objective over steps"
+        blocks.append(("img", (caption, png_path.read_bytes())))
+        md += [f"![{caption}](plots/geffect.png)", ""]
 
     blocks.append(("h2", "Configuration"))
     md += ["## Configuration", ""]
