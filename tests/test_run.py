@@ -77,7 +77,7 @@ class _Interrupt(Exception):
 
 
 def test_interrupted_run_resumes_to_same_weights(tmp_path, tokenizer):
-    common = dict(steps=6, checkpoint_every=2, evaluation={"before": False, "after": False})
+    common = dict(steps=6, checkpoint_every=2, keep_checkpoints=1, evaluation={"before": False, "after": False})
     full = run(_config(tmp_path / "a", **common), model=tiny_model(), tokenizer=tokenizer, progress=False)
 
     def stop_at_5(step, record):
@@ -97,6 +97,7 @@ def test_interrupted_run_resumes_to_same_weights(tmp_path, tokenizer):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
     steps = [json.loads(x)["step"] for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # the lines past the checkpoint were replaced, not duplicated
+    assert [p.name for p in (resumed.run_dir / "checkpoints").iterdir()] == ["step_4"]  # only the newest is kept
 
 
 def test_lora_run_merges_into_plain_model(tmp_path, tokenizer):

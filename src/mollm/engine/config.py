@@ -150,6 +150,7 @@ class RunConfig(_Strict):
     grad_clip: float | None = Field(1.0, gt=0)
     max_bad_steps: int = Field(3, gt=0)  # stop after this many non-finite steps in a row
     checkpoint_every: int = Field(0, ge=0)
+    keep_checkpoints: int | None = Field(2, gt=0)  # newest k kept (each holds model + optimizer); null = all
     log_every: int = Field(1, gt=0)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     stop: StopConfig | None = None

@@ -288,7 +288,7 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
             if status != "completed":
                 break
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-                _checkpoint(accelerator, run_dir, step + 1)
+                _checkpoint(accelerator, run_dir, step + 1, config.keep_checkpoints)
             if config.evaluation.every and (step + 1) % config.evaluation.every == 0 and step + 1 < total:
                 if _check_stop(config, _evaluate(f"step_{step + 1}")):
                     status = f"stopped: {config.stop.metric} reached its target at step {step + 1}"
@@ -366,14 +366,18 @@ def _aggregator_options(config: RunConfig) -> dict[str, Any]:
     return opts
 
 
-def _checkpoint(accelerator: Accelerator, run_dir: Path, step: int) -> None:
-    """Save accelerate state atomically: write to a temp folder, then rename."""
+def _checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int | None) -> None:
+    """Save accelerate state atomically (temp folder, then rename); then drop all but the newest ``keep``."""
     final = run_dir / "checkpoints" / f"step_{step}"
     tmp = final.with_name(f".tmp_step_{step}")
     if tmp.exists():
         shutil.rmtree(tmp)
     accelerator.save_state(str(tmp))
     os.replace(tmp, final)
+    if keep is not None:
+        ckpts = sorted(final.parent.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        for old in ckpts[:-keep]:
+            shutil.rmtree(old)
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:
