@@ -41,6 +41,8 @@ def _run(config_path: Path, overrides: list[str] | None, mode: str) -> None:
     except (ConfigError, RunError, ValueError, FileNotFoundError) as err:
         _fail(err)
         return
+    if os.environ.get("RANK", "0") != "0":
+        return  # data-parallel launch: the main process reports
     typer.echo(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "steps": result.steps,
                            "after": {k: v for k, v in result.evaluations.get("after", {}).items()
                                      if isinstance(v, (int, float))}}, indent=2))

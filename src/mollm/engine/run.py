@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from mollm.atomic import atomic_write_text
@@ -105,11 +105,11 @@ def _inline_record(row: dict[str, str], where: str) -> QARecord:
     return QARecord(row["question"], row["answer"], source=where)
 
 
-def _total_steps(config: RunConfig, sizes: list[int]) -> int:
+def _total_steps(config: RunConfig, sizes: list[int], processes: int = 1) -> int:
     if config.steps is not None:
         return config.steps
     # An epoch is one pass over the first objective's data (the forget set, as in TOFU/open-unlearning).
-    per_epoch = math.ceil(sizes[0] / config.objectives[0].batch_size)
+    per_epoch = math.ceil(sizes[0] / (config.objectives[0].batch_size * processes))
     return max(1, math.ceil(config.epochs * per_epoch))
 
 
@@ -151,6 +151,45 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
+def _prepare_run_dir_on_main(config: RunConfig, accelerator: Accelerator) -> tuple[Path, int]:
+    """The main process creates (or reopens) the run directory; every process learns the resume step, or the error."""
+    outcome: Any = None
+    if accelerator.is_main_process:
+        try:
+            outcome = _prepare_run_dir(config)[1]
+        except RunError as err:
+            outcome = err
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        outcome = broadcast_object_list([outcome], from_process=0)[0]
+    if isinstance(outcome, RunError):
+        raise outcome
+    return config.run_dir, int(outcome)
+
+
+def _on_every_process(accelerator: Accelerator, flag: bool) -> bool:
+    """The main process's decision, known to every process."""
+    if accelerator.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([flag], from_process=0)[0])
+
+
+def _broadcast_parameters(model: torch.nn.Module) -> None:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        torch.distributed.broadcast(tensor.data, src=0)
+
+
+def _mean_across_processes(world: int) -> Callable[[torch.Tensor], None]:
+    def reduce(tensor: torch.Tensor) -> None:
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        tensor.div_(world)
+
+    return reduce
+
+
 def _check_stop(config: RunConfig, evaluation: dict[str, Any]) -> bool:
     if config.stop is None or config.stop.metric not in evaluation:
         return False
@@ -174,8 +213,17 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     from mollm.objectives import get as get_objective
     from mollm.objectives import prepare_records, read_refusals
 
-    run_dir, start_step = _prepare_run_dir(config)
-    atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    # Data-parallel runs (`accelerate launch` / `torchrun`): every process holds the whole model, draws its own
+    # batches, and the per-objective gradients are averaged across processes before the Gramian (step `reduce`).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard",
+                              project_dir=str(config.run_dir), step_scheduler_with_optimizer=False)
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if world > 1 and accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        raise RunError(f"{accelerator.distributed_type}: only data-parallel (DDP-style) multi-process runs are "
+                       "supported; sharded set-ups (FSDP, DeepSpeed) would need the Gramian of sharded gradients")
+    run_dir, start_step = _prepare_run_dir_on_main(config, accelerator)
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
     set_seed(config.seed)
 
     if model is None:
@@ -193,7 +241,6 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     labels = [o.label for o in config.objectives]
     tracked = [get_objective(n) for n in (config.geffect.objectives or [])] if config.geffect else []
     needs_ref = any(obj.needs_reference for obj in objectives + tracked) or bool(config.evaluation.suites)
-    reference = Reference.from_model(model) if needs_ref else None
 
     data = _load_data(config)
     fmt = PromptFormat(kind=config.format.kind, template=config.format.template)
@@ -207,45 +254,59 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
                                   rng=random.Random(config.seed + i))
         examples = [encode_record(r, tokenizer, fmt, config.max_length) for r in records]
         samplers.append(_Sampler(examples, oc.batch_size, config.seed + 7919 * (i + 1), pad_id))
-    total = _total_steps(config, [len(s.examples) for s in samplers])
+    # An epoch is one pass over the first objective's data by all processes together.
+    total = _total_steps(config, [len(s.examples) for s in samplers], world)
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard", project_dir=str(run_dir))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(params, config)
     scheduler = _scheduler(optimizer, config, total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    reduce = None
+    if world > 1:
+        # Not wrapped in DDP: the step runs m backward passes per update and averages the gradient buffer itself.
+        model.to(accelerator.device)
+        _broadcast_parameters(model)  # every process starts from the main process's weights
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+        accelerator.register_for_checkpointing(model)
+        reduce = _mean_across_processes(world)
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    reference = Reference.from_model(model) if needs_ref else None
     accelerator.init_trackers("tensorboard", config={"seed": config.seed, "lr": config.optimizer.lr})
-    if accelerator.num_processes > 1:
-        raise RunError("multi-process runs are not supported yet: run on one process")
 
     aggregator = get_aggregator(config.aggregator.name, **_aggregator_options(config))
-    step_fn = MultiObjectiveStep(params, aggregator, names=labels)
+    step_fn = MultiObjectiveStep(params, aggregator, names=labels, reduce=reduce)
 
     metrics_path = run_dir / "metrics.jsonl"
     if start_step:
         accelerator.load_state(str(run_dir / "checkpoints" / f"step_{start_step}"))
-        _truncate_metrics(metrics_path, start_step)
-        _truncate_metrics(run_dir / "geffect.jsonl", start_step)
-    geffects = _geffect_callback(config, data, objectives, tokenizer, fmt, pad_id, run_dir)
+        if main:
+            _truncate_metrics(metrics_path, start_step)
+            _truncate_metrics(run_dir / "geffect.jsonl", start_step)
+    geffects = _geffect_callback(config, data, objectives, tokenizer, fmt, pad_id, run_dir) if main else None
 
     eval_keys = config.evaluation.datasets or list(data)
     eval_sets = {key: data[key][: config.evaluation.max_items] for key in eval_keys}
     evaluations: dict[str, dict[str, Any]] = {}
     eval_dir = run_dir / "eval"
-    eval_dir.mkdir(exist_ok=True)
+    if main:
+        eval_dir.mkdir(exist_ok=True)
 
     def _evaluate(tag: str) -> dict[str, Any]:
-        result = evaluate_answers(model, tokenizer, eval_sets, fmt=fmt, max_length=config.max_length,
-                                  accuracy=config.evaluation.accuracy,
-                                  max_new_tokens=config.evaluation.max_new_tokens, progress=progress,
-                                  desc=f"evaluate ({tag})")
-        if config.evaluation.suites:
-            result["suites"] = _evaluate_suites(config, model, tokenizer, reference, fmt, eval_dir / f"suites_{tag}",
-                                                progress)
-        evaluations[tag] = result
-        atomic_write_text(eval_dir / f"{tag}.json", json.dumps(result, indent=2))
-        accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=_step)
-        model.train()
+        """Evaluate on the main process (the weights are the same everywhere); the others wait for it."""
+        result: dict[str, Any] = {}
+        if main:
+            result = evaluate_answers(model, tokenizer, eval_sets, fmt=fmt, max_length=config.max_length,
+                                      accuracy=config.evaluation.accuracy,
+                                      max_new_tokens=config.evaluation.max_new_tokens, progress=progress,
+                                      desc=f"evaluate ({tag})")
+            if config.evaluation.suites:
+                result["suites"] = _evaluate_suites(config, model, tokenizer, reference, fmt,
+                                                    eval_dir / f"suites_{tag}", progress)
+            evaluations[tag] = result
+            atomic_write_text(eval_dir / f"{tag}.json", json.dumps(result, indent=2))
+            accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=_step)
+            model.train()
+        accelerator.wait_for_everyone()
         return result
 
     _step = start_step
@@ -254,11 +315,11 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
 
     status, bad_in_row, history = "completed", 0, []
     t0 = time.time()
-    bar = tqdm(total=total, initial=start_step, desc=config.mode, disable=not progress, unit="step")
-    with metrics_path.open("a") as log_file:
+    bar = tqdm(total=total, initial=start_step, desc=config.mode, disable=not (progress and main), unit="step")
+    with (metrics_path.open("a") if main else open(os.devnull, "w")) as log_file:
         for step in range(start_step, total):
             _step = step + 1
-            batches = [s.batch(step) for s in samplers]
+            batches = [s.batch(step * world + rank) for s in samplers]
             stats = step_fn(objective_closures(model, objectives, batches, reference))
             record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **_named(stats)}
             if not stats.finite:
@@ -290,7 +351,8 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
                 _checkpoint(accelerator, run_dir, step + 1, config.keep_checkpoints)
             if config.evaluation.every and (step + 1) % config.evaluation.every == 0 and step + 1 < total:
-                if _check_stop(config, _evaluate(f"step_{step + 1}")):
+                result = _evaluate(f"step_{step + 1}")  # every process: it waits for the main one's evaluation
+                if _on_every_process(accelerator, main and _check_stop(config, result)):
                     status = f"stopped: {config.stop.metric} reached its target at step {step + 1}"
                     break
     bar.close()
@@ -298,14 +360,17 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     if config.evaluation.after:
         _evaluate("after")
     model_dir = run_dir / "model"
-    unwrapped = accelerator.unwrap_model(model)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)  # a resumed run replaces its own final model
-    save_model(unwrapped, tokenizer, model_dir, merge_lora=bool(config.lora and config.lora.merge))
+    if main:
+        unwrapped = accelerator.unwrap_model(model)
+        if model_dir.exists():
+            shutil.rmtree(model_dir)  # a resumed run replaces its own final model
+        save_model(unwrapped, tokenizer, model_dir, merge_lora=bool(config.lora and config.lora.merge))
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     summary = {"status": status, "steps": _step, "seconds": round(time.time() - t0, 2), "seed": config.seed,
-               "model_dir": str(model_dir), "mode": config.mode}
-    atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
+               "model_dir": str(model_dir), "mode": config.mode, "processes": world}
+    if main:
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
     return RunResult(run_dir, model_dir, _step, status, history, evaluations)
 
 
@@ -367,17 +432,23 @@ def _aggregator_options(config: RunConfig) -> dict[str, Any]:
 
 
 def _checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int | None) -> None:
-    """Save accelerate state atomically (temp folder, then rename); then drop all but the newest ``keep``."""
+    """Save accelerate state atomically (temp folder, then rename); then drop all but the newest ``keep``.
+
+    Every process takes part (each saves its own RNG state); only the main process renames and prunes."""
     final = run_dir / "checkpoints" / f"step_{step}"
     tmp = final.with_name(f".tmp_step_{step}")
-    if tmp.exists():
+    if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    os.replace(tmp, final)
-    if keep is not None:
-        ckpts = sorted(final.parent.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-        for old in ckpts[:-keep]:
-            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.replace(tmp, final)
+        if keep is not None:
+            ckpts = sorted(final.parent.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+            for old in ckpts[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:

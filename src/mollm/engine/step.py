@@ -128,6 +128,9 @@ class MultiObjectiveStep:
             freezing or unfreezing is picked up) or an explicit list of parameters.
         aggregator: maps the (m, m) float64 Gramian to m coefficients, e.g. ``mollm.aggregators.get("mgda")``.
         names: one label per objective, used in the statistics; defaults to "0", "1", ...
+        reduce: in a data-parallel run, a function that averages a tensor in place across processes (e.g. an
+            all-reduce through ``accelerate``'s process group). It is applied to the (m, n) gradient buffer and the
+            losses before the Gramian is formed, so every process computes the same coefficients and update.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class MultiObjectiveStep:
         aggregator: Aggregator,
         *,
         names: Sequence[str] | None = None,
+        reduce: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
         if not callable(aggregator):
             raise TypeError(f"aggregator: expected a callable Gramian -> coefficients, got {type(aggregator).__name__}")
@@ -144,6 +148,7 @@ class MultiObjectiveStep:
         )
         self.aggregator = aggregator
         self.names = list(names) if names is not None else None
+        self.reduce = reduce
         self._params: list[torch.nn.Parameter] = []
         self._signature: tuple[Any, ...] | None = None
         self._buffer: torch.Tensor | None = None
@@ -246,11 +251,23 @@ class MultiObjectiveStep:
                 p.grad = view
             loss = _check_loss(closure(), names[i])
             losses[i] = float(loss.detach())
-            if not math.isfinite(losses[i]):
+            if not math.isfinite(losses[i]) and self.reduce is None:
                 return abandon(i, "loss")
+            # With `reduce`, a non-finite loss still goes through backward: its NaN gradient reaches every process
+            # through the reduction, so all of them skip the step together instead of waiting for each other.
             loss.backward(inputs=params)  # inputs=: never accumulate into parameters outside this step
             del loss  # free the graph's outputs before the next objective's forward
         timings["backward"] = time.perf_counter() - t0
+        if self.reduce is not None:
+            t0 = time.perf_counter()
+            self.reduce(buffer)
+            mean_losses = torch.tensor(losses, dtype=torch.float64, device=buffer.device)
+            self.reduce(mean_losses)
+            losses[:] = mean_losses.tolist()
+            timings["reduce"] = time.perf_counter() - t0
+            bad_loss = [i for i in range(m) if not math.isfinite(losses[i])]
+            if bad_loss:
+                return abandon(bad_loss[0], "loss")
 
         t0 = time.perf_counter()
         gramian = _gramian(buffer)
