@@ -229,3 +229,34 @@ def test_report_of_a_run_with_step_evaluations_and_geffects(tmp_path, tokenizer)
     assert (plots / "geffect.png").stat().st_size > 1000
     assert (plots / "eval_nll.png").stat().st_size > 1000
     assert html.count("data:image/png;base64,") >= 7  # 5 training plots + evaluation + G-effect, all inlined
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8}])
+def test_checkpoints_load_as_models_and_feed_geffect_cli(tmp_path, tokenizer, lora):
+    from typer.testing import CliRunner
+
+    from mollm.cli import app
+    from mollm.models.loading import load_model
+
+    base = tmp_path / "tiny"
+    tiny_model().save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    common = dict(model=str(base), lora=lora, checkpoint_every=2, keep_checkpoints=None,
+                  evaluation={"before": False, "after": False})
+    long = run(_config(tmp_path / "long", steps=6, **common), progress=False)
+    short = run(_config(tmp_path / "short", steps=2, **common), progress=False)
+    ckpt, _ = load_model(long.run_dir / "checkpoints" / "step_2")
+    final, _ = load_model(short.model_dir)
+    if lora:
+        ckpt = ckpt.merge_and_unload()
+    expected = final.state_dict()
+    for k, v in ckpt.state_dict().items():  # the checkpoint at step 2 is the 2-step run's model
+        torch.testing.assert_close(v, expected[k], rtol=0, atol=1e-6)
+
+    out = tmp_path / "ge"
+    res = CliRunner().invoke(app, ["geffect", "--model", str(long.run_dir), "--forget", f"facts:forget#{FACTS}",
+                                   "--objectives", "ga", "--n-forget", "2", "--max-length", "32",
+                                   "--no-per-sample", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "geffect.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [2, 4]  # the run's checkpoints, in order

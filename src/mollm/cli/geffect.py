@@ -48,15 +48,18 @@ def _value(text: str) -> Any:
 
 
 def find_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint folders inside a run folder (``checkpoint-<step>`` / ``step_<step>`` / ``step-<step>``), by step."""
+    """Checkpoint folders inside a run folder or its ``checkpoints/`` (``checkpoint-<step>`` / ``step_<step>`` /
+    ``step-<step>``), by step."""
+    if (run_dir / "checkpoints").is_dir():
+        run_dir = run_dir / "checkpoints"
     found = [p for p in run_dir.iterdir() if p.is_dir() and re.fullmatch(r"(checkpoint|step)[-_]\d+", p.name)]
     return sorted(found, key=lambda p: step_of(p, 0))
 
 
 def geffect_cmd(
-    forget: Annotated[Optional[str], typer.Option(help="forget data: a .jsonl/.json/.csv/.parquet file or a dataset id")] = None,
+    forget: Annotated[Optional[str], typer.Option(help="forget data: a data spec as in run configs (tofu:PATH, facts:forget, a .jsonl/.json/.csv/.parquet file, hf:ID)")] = None,
     retain: Annotated[Optional[str], typer.Option(help="retain data (same forms); without it e_r is not computed")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model (hub id, folder, GGUF, run folder); default: the embedded SmolLM2")] = None,
+    model: Annotated[Optional[str], typer.Option(help="model (hub id, folder, GGUF, run folder: its checkpoints/ if any); default: the embedded SmolLM2")] = None,
     checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", "-c", help="a checkpoint folder; repeat, in training order")] = None,
     objectives: Annotated[str, typer.Option(help="comma-separated objectives with options, e.g. 'ga,npo:beta=0.5,uce:eps=0.5'")] = "ga,npo,uce",
     reference: Annotated[Optional[str], typer.Option(help="reference model for npo/tnpo/wtnpo/kl (default: the first model / the LoRA base)")] = None,
@@ -85,10 +88,17 @@ def geffect_cmd(
     else:
         if forget is None:
             raise typer.BadParameter("give the forget data (--forget FILE), or --from-jsonl", param_hint="--forget")
-        rows, checks = _compute(
-            forget, retain, model, checkpoint or [], objectives, reference, n_forget, n_retain, max_length,
-            prompt_format, per_sample, ema, verify, eta, out,
-        )
+        from mollm.data.encode import DataError  # noqa: PLC0415
+        from mollm.models.loading import ModelLoadError  # noqa: PLC0415
+
+        try:
+            rows, checks = _compute(
+                forget, retain, model, checkpoint or [], objectives, reference, n_forget, n_retain, max_length,
+                prompt_format, per_sample, ema, verify, eta, out,
+            )
+        except (ModelLoadError, DataError, FileNotFoundError) as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
     write_json(out / "geffect.json", {"rows": rows, "first_order_checks": checks})
     plot_curves(rows, out / "geffect_curves.png")
     plot_heatmap(rows, out / "geffect_heatmap_e_r.png", key="e_r")
@@ -110,7 +120,7 @@ def _compute(
     per_sample: bool, ema: bool, verify: bool, eta: float | None, out: Path,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from mollm.data.encode import PromptFormat, encode_batch  # noqa: PLC0415
-    from mollm.data.loading import load_records  # noqa: PLC0415
+    from mollm.data.spec import load_dataset_spec  # noqa: PLC0415
     from mollm.geffect.core import GradEMA, compute_geffects  # noqa: PLC0415
     from mollm.geffect.verify import verify_first_order  # noqa: PLC0415
     from mollm.models.loading import load_model  # noqa: PLC0415
@@ -133,8 +143,8 @@ def _compute(
     for s in specs:
         if s is not None and not Path(s).exists() and len(specs) > 1:
             raise typer.BadParameter(f"checkpoint folder not found: {s}", param_hint="--checkpoint")
-    forget_recs = load_records(forget, limit=n_forget)
-    retain_recs = load_records(retain, limit=n_retain) if retain else None
+    forget_recs = load_dataset_spec(forget, limit=n_forget)
+    retain_recs = load_dataset_spec(retain, limit=n_retain) if retain else None
     fixed_ref = Reference.from_model(load_model(reference_spec)[0]) if reference_spec else None
     grad_ema = GradEMA() if ema else None
     fmt = PromptFormat(kind=prompt_format)  # type: ignore[arg-type]

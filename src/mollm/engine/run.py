@@ -361,10 +361,9 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
         _evaluate("after")
     model_dir = run_dir / "model"
     if main:
-        unwrapped = accelerator.unwrap_model(model)
-        if model_dir.exists():
-            shutil.rmtree(model_dir)  # a resumed run replaces its own final model
-        save_model(unwrapped, tokenizer, model_dir, merge_lora=bool(config.lora and config.lora.merge))
+        # overwrite: a resumed run replaces its own final model (swapped in atomically, old copy removed after).
+        save_model(accelerator.unwrap_model(model), tokenizer, model_dir, overwrite=True,
+                   merge_lora=bool(config.lora and config.lora.merge))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     summary = {"status": status, "steps": _step, "seconds": round(time.time() - t0, 2), "seed": config.seed,

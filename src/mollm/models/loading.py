@@ -6,6 +6,7 @@ A model *spec* is one of:
 * a path to a ``.gguf`` file;
 * a local Hugging Face folder (one holding ``config.json``), or a saved LoRA adapter folder (``adapter_config.json``);
 * a run directory, i.e. a folder holding ``model/`` (the run's final model is loaded from there);
+* a run's checkpoint ``RUN/checkpoints/step_N`` (the base model named in ``RUN/config.yaml``, with its weights);
 * a Hugging Face hub id (``owner/name``), which needs the hub to be reachable.
 
 GGUF files are de-quantised by ``transformers`` on the first load (≈ 15 s for the embedded model); a safetensors copy
@@ -160,6 +161,8 @@ def _resolve_folder(path: Path) -> tuple[str, Path]:
             f"run directory {path} has a model/ folder without config.json or adapter_config.json "
             "(did the run finish saving its model?)"
         )
+    if _is_run_checkpoint(path):
+        return "checkpoint", path
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return "gguf", ggufs[0]
@@ -405,6 +408,48 @@ def _load_adapter(
     return model, tokenizer
 
 
+_CHECKPOINT_WEIGHTS = ("model.safetensors", "custom_checkpoint_0.pkl")  # one process / data-parallel runs
+
+
+def _is_run_checkpoint(path: Path) -> bool:
+    """``RUN/checkpoints/step_N``: accelerate state whose run directory holds the config naming the base model."""
+    return (path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
+            and any((path / name).is_file() for name in _CHECKPOINT_WEIGHTS))
+
+
+def _load_run_checkpoint(
+    path: Path, dtype: torch.dtype, cache_dir: str | os.PathLike[str] | None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Rebuild the run's model (base model, plus its LoRA adapter if the run used one) and load the checkpoint's
+    weights into it."""
+    import yaml
+
+    run_config = yaml.safe_load((path.parent.parent / "config.yaml").read_text()) or {}
+    model, tokenizer = load_model(run_config.get("model", "embedded"), dtype=dtype, cache_dir=cache_dir)
+    lora = run_config.get("lora")
+    if lora:
+        from mollm.models.lora import apply_lora
+
+        model = apply_lora(model, r=lora["r"], alpha=lora["alpha"], dropout=lora.get("dropout", 0.0),
+                           target_modules=lora.get("target_modules"))
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / "model.safetensors"))
+    else:
+        state = torch.load(path / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embedding, saved once
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"checkpoint {path}: its weights do not fit the run's model ({run_config.get('model')!r}): "
+            f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    model.tie_weights()
+    model.eval()
+    return model, tokenizer
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 
@@ -431,6 +476,8 @@ def load_model(
         return _load_folder(Path(target), dtype, where=f"model folder {target}")
     if kind == "adapter":
         return _load_adapter(Path(target), dtype, cache_dir)
+    if kind == "checkpoint":
+        return _load_run_checkpoint(Path(target), dtype, cache_dir)
     return _load_hub(str(target), dtype)
 
 
