@@ -236,21 +236,26 @@ def config_from_dict(tree: dict[str, Any], where: str = "config") -> RunConfig:
         raise ConfigError(_format_validation_error(err, where)) from None
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; a missing file, bad YAML or a non-mapping is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return tree
+
+
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """Load a run configuration from a YAML file (or a dict) and apply ``key=value`` overrides."""
     if isinstance(source, dict):
         tree, where = dict(source), "config"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-        where = str(path)
+        tree, where = read_yaml_mapping(source), str(source)
     return config_from_dict(apply_overrides(tree, overrides or []), where)
 
 

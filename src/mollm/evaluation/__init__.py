@@ -37,6 +37,6 @@ __all__ = [
     "EvalContext", "MetricResult", "MetricSpec", "ReferenceLogError", "auc", "available_metrics", "compute_metric",
     "data_hash", "evaluate", "extraction_strength", "forget_quality", "generate", "get_metric", "is_degenerate",
     "load_reference_truth_ratios", "min_k_plus_plus_score", "min_k_score", "model_identity", "model_utility",
-    "ngram_entropy", "normalized_probability", "privleak", "read_tofu_log", "repetition_rate", "rouge_l_recall",
+    "ngram_entropy", "normalized_probability", "privleak", "read_tofu_log", "register", "repetition_rate", "rouge_l_recall",
     "tofu_model_utility", "training_metrics", "truth_ratio", "truth_ratio_score", "write_json_atomic", "zlib_score",
 ]

@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mollm.engine.config import ConfigError, FormatConfig, SuiteConfig, _format_validation_error, apply_overrides
+from mollm.engine.config import (
+    ConfigError,
+    FormatConfig,
+    SuiteConfig,
+    _format_validation_error,
+    apply_overrides,
+    read_yaml_mapping,
+)
 
 
 class EvalConfig(BaseModel):
@@ -36,15 +42,7 @@ class EvalConfig(BaseModel):
 
 def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:
     """Read and validate an evaluation config; errors name the file and key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    tree = read_yaml_mapping(path)
     try:
         return EvalConfig.model_validate(apply_overrides(tree, overrides or []))
     except ValidationError as err:
