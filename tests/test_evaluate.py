@@ -277,3 +277,27 @@ def test_harmful_rate_metric_judges_generations_and_brings_fluency(model, other,
     with pytest.raises(ValueError, match="needs a reference"):
         evaluate(model, {"s": {"data": forget, "metrics": ["harmful_rate"]}}, tmp_path / "b", tokenizer=tok,
                  progress=False, cache=False)
+
+
+def test_generations_for_scoring_keep_the_whitespace_the_model_generated(tokenizer, monkeypatch):
+    # A model whose greedy answer starts with a newline: stripping it would score "The answer" right after the
+    # prompt, which the model never produced (on the embedded model that made a perplexity of ~50 look like ~3000).
+    model = tiny_model()
+    tail = tokenizer("\nThe answer", add_special_tokens=False)["input_ids"]
+
+    def fake_generate(input_ids, attention_mask, max_new_tokens, **kw):
+        return torch.cat([input_ids, torch.tensor([tail] * input_ids.size(0))], dim=1)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    recs = read_tofu(TOFU / "forget01.json", limit=2)
+    assert scoring.generate_answers(model, tokenizer, recs, max_new_tokens=3, progress=False) == ["\nThe answer"] * 2
+    assert generate(model, tokenizer, ["q?"], max_new_tokens=3, progress=False) == ["The answer"]  # for display
+    ppl = scoring.generation_perplexity(model, tokenizer, [r.question for r in recs], ["\nThe answer"] * 2,
+                                        progress=False)
+    fmt = PromptFormat()
+    ids = tokenizer(fmt.prompt(tokenizer, recs[0].question), add_special_tokens=False)["input_ids"]
+    full = torch.tensor([ids + tail])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=full).logits[0, :-1].float(), -1)
+    nll = -logp[torch.arange(len(ids) - 1, full.size(1) - 1), full[0, len(ids):]].mean()
+    assert ppl[0] == pytest.approx(math.exp(float(nll)), rel=1e-4)  # the newline token is scored too

@@ -222,9 +222,10 @@ def rouge_l_recalls(generations: Sequence[str], records: Sequence[QARecord]) -> 
 
 def generate_answers(model, tokenizer, records: Sequence[QARecord], *, fmt: PromptFormat = PromptFormat(),
                      max_new_tokens: int = 64, batch_size: int = 8, progress: bool = True) -> list[str]:
-    """Greedy generations for each record's question (see :func:`~mollm.evaluation.generation.generate`)."""
+    """Greedy generations for each record's question, exactly as generated (not stripped: fluency scores them under
+    the reference model; see :func:`~mollm.evaluation.generation.generate`)."""
     return generate(model, tokenizer, [r.question for r in records], max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, fmt=fmt, progress=progress)
+                    batch_size=batch_size, fmt=fmt, progress=progress, strip=False)
 
 
 def generation_perplexity(

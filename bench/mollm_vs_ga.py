@@ -1,0 +1,111 @@
+"""Benchmark: MOLLM against gradient ascent on harmful PKU-SafeRLHF answers, on the embedded model.
+
+The MOLLM paper's claim, at this machine's scale: GA on the harmful answers damages the model (fluency and
+normal-data KL), while MOLLM (UCE + KL + mismatch retain, DS-MGDA) lowers the harmful rate with far less damage.
+Three runs from the shipped configs with the same learning rate and number of steps:
+
+* ``ga``              — configs/ga.yaml (GA alone);
+* ``ga_kl_mismatch``  — configs/ga_kl_mismatch.yaml (Yao et al.: GA + mismatch + KL, weighted sum);
+* ``mollm``           — configs/mollm.yaml.
+
+Each run is evaluated after training (the original model once, before) on: harmful rate of greedy answers to the
+PKU prompts (the light judge trained here on PKU labels, and the refusal-keyword baseline), fluency (perplexity of
+the answers under the original model, n-gram entropy), and KL / perplexity on TruthfulQA (normal data).
+Writes bench/results/mollm_vs_ga.{json,md} and mollm_vs_ga_pareto.png. ~15 min on 2 cores.
+
+Usage: ``python bench/mollm_vs_ga.py [--steps 40] [--lr 2e-5] [--n-eval 48]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import mollm
+from mollm.evaluation import evaluate
+from mollm.evaluation.judge import train_judge
+from mollm.reports import compare_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+METHODS = ("ga", "ga_kl_mismatch", "mollm")
+HEADLINE = [("harmful/judge", "harmful rate (trained judge)"), ("harmful/keyword", "harmful rate (keyword)"),
+            ("harmful/fluency", "answer perplexity under the original (median)"),
+            ("harmful/fluency.entropy_3", "answer 3-gram entropy"), ("normal/kl", "KL to the original on TruthfulQA"),
+            ("normal/kl.perplexity", "TruthfulQA answer perplexity")]
+
+
+def _suites(judge_dir: Path, n_eval: int) -> dict:
+    return {
+        "harmful": {"data": f"pku:{DATA / 'pku_saferlhf' / 'sample.jsonl'}#unsafe", "limit": n_eval,
+                    "metrics": [{"name": "harmful_rate", "judge": str(judge_dir), "as": "judge"},
+                                {"name": "harmful_rate", "judge": "keyword", "as": "keyword"}, "fluency"]},
+        "normal": {"data": f"truthfulqa:{DATA / 'truthfulqa' / 'TruthfulQA.csv'}#test", "limit": n_eval,
+                   "metrics": ["kl"]},
+    }
+
+
+def _headline(results: dict) -> dict[str, float]:
+    out = {}
+    for key, _ in HEADLINE:
+        path, _, sub = key.partition(".")
+        suite, metric = path.split("/")
+        agg = results["suites"][suite][metric]["aggregate"]
+        out[key] = agg[sub or "value"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--n-eval", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = ap.parse_args()
+    os.chdir(ROOT)  # the shipped configs' data paths are relative to the repository root
+    work = Path(tempfile.mkdtemp(prefix="mollm_vs_ga_"))
+    t_start = time.time()
+    judge = train_judge(DATA / "pku_saferlhf" / "sample.jsonl", work / "judge", seed=0)
+    suites = _suites(work / "judge", args.n_eval)
+    kw = {"max_new_tokens": args.max_new_tokens, "max_length": 160, "progress": False}
+    table = {"original": _headline(evaluate("embedded", suites, work / "eval_original", reference="embedded", **kw))}
+    seconds = {}
+    run_dirs = []
+    for name in METHODS:
+        config = mollm.load_config(ROOT / "configs" / f"{name}.yaml", [
+            f"steps={args.steps}", f"optimizer.lr={args.lr}", f"output_dir={work}/{{name}}", "checkpoint_every=0",
+            "evaluation.before=false", "evaluation.every=0", "evaluation.max_items=8"])
+        t0 = time.time()
+        result = mollm.unlearn(config, progress=False)
+        seconds[name] = round(time.time() - t0, 1)
+        table[name] = _headline(evaluate(result.model_dir, suites, work / f"eval_{name}", reference="embedded", **kw))
+        # compare_runs reads eval/after.json: give it the headline numbers under readable names
+        (result.run_dir / "eval" / "after.json").write_text(json.dumps(table[name]))
+        run_dirs.append(result.run_dir)
+        print(name, table[name], flush=True)
+    cmp_dir = work / "compare"
+    compare_runs(run_dirs, cmp_dir, "harmful/judge", "harmful/fluency", "min", "min")
+    args.out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(cmp_dir / "pareto.png", args.out / "mollm_vs_ga_pareto.png")
+    result = {"benchmark": "mollm_vs_ga", "steps": args.steps, "lr": args.lr, "n_eval": args.n_eval,
+              "judge_heldout_accuracy": judge.accuracy, "table": table, "train_seconds": seconds,
+              "total_seconds": round(time.time() - t_start, 1)}
+    lines = ["| metric | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
+    for key, label in HEADLINE:
+        lines.append(f"| {label} | " + " | ".join(f"{table[m][key]:.3g}" for m in table) + " |")
+    md = (f"# MOLLM vs GA on PKU-SafeRLHF (embedded SmolLM2-135M, {args.steps} steps, lr {args.lr})\n\n"
+          + "\n".join(lines) + "\n")
+    (args.out / "mollm_vs_ga.md").write_text(md)
+    (args.out / "mollm_vs_ga.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(md)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
