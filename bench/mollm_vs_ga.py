@@ -36,7 +36,9 @@ DATA = ROOT.parent / "shared" / "data"
 METHODS = ("ga", "ga_kl_mismatch", "mollm")
 HEADLINE = [("harmful/judge", "harmful rate (trained judge)"), ("harmful/keyword", "harmful rate (keyword)"),
             ("harmful/fluency", "answer perplexity under the original (median)"),
-            ("harmful/fluency.entropy_3", "answer 3-gram entropy"), ("normal/kl", "KL to the original on TruthfulQA"),
+            ("harmful/fluency.entropy_3", "answer 3-gram entropy"),
+            ("harmful/fluency.degenerate_rate", "degenerate answers (repetition)"),
+            ("normal/kl", "KL to the original on TruthfulQA"),
             ("normal/kl.perplexity", "TruthfulQA answer perplexity")]
 
 
@@ -74,7 +76,15 @@ def main() -> None:
     judge = train_judge(DATA / "pku_saferlhf" / "sample.jsonl", work / "judge", seed=0)
     suites = _suites(work / "judge", args.n_eval)
     kw = {"max_new_tokens": args.max_new_tokens, "max_length": 160, "progress": False}
-    table = {"original": _headline(evaluate("embedded", suites, work / "eval_original", reference="embedded", **kw))}
+    evals = args.out / "mollm_vs_ga_evals"  # per-item generations, scores and labels of every model
+
+    def _eval(model, name: str) -> dict[str, float]:
+        results = evaluate(model, suites, work / f"eval_{name}", reference="embedded", **kw)
+        evals.mkdir(parents=True, exist_ok=True)
+        shutil.copy(work / f"eval_{name}" / "results.json", evals / f"{name}.json")
+        return _headline(results)
+
+    table = {"original": _eval("embedded", "original")}
     seconds = {}
     run_dirs = []
     for name in METHODS:
@@ -84,7 +94,7 @@ def main() -> None:
         t0 = time.time()
         result = mollm.unlearn(config, progress=False)
         seconds[name] = round(time.time() - t0, 1)
-        table[name] = _headline(evaluate(result.model_dir, suites, work / f"eval_{name}", reference="embedded", **kw))
+        table[name] = _eval(result.model_dir, name)
         # compare_runs reads eval/after.json: give it the headline numbers under readable names
         (result.run_dir / "eval" / "after.json").write_text(json.dumps(table[name]))
         run_dirs.append(result.run_dir)
