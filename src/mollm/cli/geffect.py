@@ -11,7 +11,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mollm.geffect.tracking import read_jsonl, step_of, write_json
 
 
 def parse_objectives(spec: str) -> dict[str, Any]:
@@ -53,6 +52,8 @@ def find_checkpoints(run_dir: Path) -> list[Path]:
     if (run_dir / "checkpoints").is_dir():
         run_dir = run_dir / "checkpoints"
     found = [p for p in run_dir.iterdir() if p.is_dir() and re.fullmatch(r"(checkpoint|step)[-_]\d+", p.name)]
+    from mollm.geffect.tracking import step_of  # noqa: PLC0415 (torch only when used: fast --help)
+
     return sorted(found, key=lambda p: step_of(p, 0))
 
 
@@ -76,6 +77,7 @@ def geffect_cmd(
 ) -> None:
     """Compute G-effects (by layer, sample and step) and write geffect.json, plots and summary.md to OUT."""
     from mollm.geffect.plots import plot_curves, plot_heatmap, plot_samples, summary_markdown  # noqa: PLC0415
+    from mollm.geffect.tracking import read_jsonl, write_json  # noqa: PLC0415
 
     out.mkdir(parents=True, exist_ok=True)
     checks: list[dict[str, Any]] = []
@@ -122,6 +124,7 @@ def _compute(
     from mollm.data.encode import PromptFormat, encode_batch  # noqa: PLC0415
     from mollm.data.spec import load_dataset_spec  # noqa: PLC0415
     from mollm.geffect.core import GradEMA, compute_geffects  # noqa: PLC0415
+    from mollm.geffect.tracking import step_of  # noqa: PLC0415
     from mollm.geffect.verify import verify_first_order  # noqa: PLC0415
     from mollm.models.loading import load_model  # noqa: PLC0415
     from mollm.models.reference import Reference  # noqa: PLC0415
