@@ -92,3 +92,13 @@ def test_generate_reports_bad_prompt_file(tmp_path, tiny_dir):
     result = runner.invoke(app, ["generate", "--model", str(tiny_dir), "--prompts", str(bad),
                                  "--out", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 2 and "p.jsonl:2" in result.output and "prompt" in result.output
+
+
+def test_cli_import_stays_light():
+    # `mollm --help` must not pay for torch / transformers (seconds); commands import them when they run.
+    import subprocess
+    import sys
+
+    code = "import sys, mollm.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
