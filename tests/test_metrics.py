@@ -53,6 +53,8 @@ def test_repetition_and_degenerate():
     assert text.is_degenerate(",,,,,,,,,,,,")
     assert not text.is_degenerate("The capital of France is Paris, a city on the Seine.")
     assert not text.is_degenerate("Yes")  # short but not empty
+    assert text.is_degenerate("1" + "\n" * 39)  # one token, then only newlines (seen after gradient ascent)
+    assert not text.is_degenerate("Paris.\n\nIt lies on the Seine.\n")  # paragraph breaks in prose are fine
     with pytest.raises(ValueError, match="threshold"):
         text.is_degenerate("x", threshold=1.5)
 

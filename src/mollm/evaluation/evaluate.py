@@ -36,7 +36,7 @@ from mollm.data.encode import PromptFormat
 from mollm.data.records import QARecord
 from mollm.evaluation.registry import EvalContext, MetricResult, compute_metric, get_metric
 
-CACHE_VERSION = 2  # 2: generations kept unstripped
+CACHE_VERSION = 3  # 2: generations kept unstripped; 3: whitespace-heavy output is degenerate
 RESULTS_FILE = "results.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".json", ".model")
 _EMBEDDED = ("embedded", "smollm2")

@@ -16,6 +16,7 @@ _TOKEN_RE = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 #: Default threshold of :func:`is_degenerate`: more than half of the 3-grams repeat an earlier 3-gram.
 DEGENERATE_REPETITION = 0.5
 DEGENERATE_N = 3
+DEGENERATE_WHITESPACE = 0.5  # English prose is ~15-20 % whitespace
 
 
 @lru_cache(maxsize=1)
@@ -71,14 +72,17 @@ def repetition_rate(text: str, n: int = DEGENERATE_N) -> float:
 
 
 def is_degenerate(text: str, *, threshold: float = DEGENERATE_REPETITION, n: int = DEGENERATE_N) -> bool:
-    """Whether a generation is degenerate: empty / whitespace only, or its ``n``-gram repetition rate exceeds
-    ``threshold`` (default: more than half of the 3-grams repeat an earlier one, e.g. ``"A 10 10 10 ..."`` or
-    ``",,,,,,"``). A text shorter than ``n`` tokens is degenerate only if it has no token at all.
+    """Whether a generation is degenerate: empty / whitespace only, mostly whitespace (more than half of its
+    characters, e.g. ``"1\n\n\n\n..."``: one token, then the model only emits newlines), or its ``n``-gram
+    repetition rate exceeds ``threshold`` (default: more than half of the 3-grams repeat an earlier one, e.g.
+    ``"A 10 10 10 ..."`` or ``",,,,,,"``). Otherwise a text shorter than ``n`` tokens is not degenerate.
     Word salad is not caught here; the perplexity under the reference model catches it.
     """
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
     tokens = words(text)
     if not tokens:
+        return True
+    if sum(c.isspace() for c in text) > DEGENERATE_WHITESPACE * len(text):
         return True
     return repetition_rate(text, n) > threshold
