@@ -41,8 +41,12 @@ def main() -> None:
             "seconds_unlearn_loop": _phase_seconds(Path(summary["unlearn_dir"])),
             "under_5_minutes": total < 300,
             "table": summary["table"],
-            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "python": platform.python_version(), "torch": torch.__version__},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "torch_threads": torch.get_num_threads(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+            },
         }
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

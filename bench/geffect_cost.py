@@ -70,25 +70,38 @@ def main() -> None:
     names = list(methods)
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for rnd in range(args.reps + 1):
-        order = names[rnd % len(names):] + names[: rnd % len(names)]
+        order = names[rnd % len(names) :] + names[: rnd % len(names)]
         for name in order:
             t0 = time.perf_counter()
             methods[name]()
             if rnd > 0:  # round 0 is the warm-up
                 seconds[name].append(time.perf_counter() - t0)
-    ratio = {f"{a}_vs_plain": statistics.median(x / p for x, p in zip(seconds[a], seconds["plain"]))
-             for a in ("geffect", "three_backward")}
+    ratio = {
+        f"{a}_vs_plain": statistics.median(x / p for x, p in zip(seconds[a], seconds["plain"]))
+        for a in ("geffect", "three_backward")
+    }
     ratio["geffect_vs_three_backward"] = statistics.median(
-        g / t for g, t in zip(seconds["geffect"], seconds["three_backward"]))
+        g / t for g, t in zip(seconds["geffect"], seconds["three_backward"])
+    )
     result = {
         "benchmark": "geffect_cost",
-        "setting": {"model": "SmolLM2-135M-Instruct (embedded, float32)", "forget": "tofu forget10[:4]",
-                    "retain": "tofu retain90[:4]", "max_length": 64, "reps": args.reps, "threads": args.threads},
+        "setting": {
+            "model": "SmolLM2-135M-Instruct (embedded, float32)",
+            "forget": "tofu forget10[:4]",
+            "retain": "tofu retain90[:4]",
+            "max_length": 64,
+            "reps": args.reps,
+            "threads": args.threads,
+        },
         "ratios": ratio,
         "median_seconds": {n: statistics.median(v) for n, v in seconds.items()},
         "seconds": seconds,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "load_average": os.getloadavg(),
+        },
     }
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

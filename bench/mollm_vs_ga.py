@@ -34,21 +34,33 @@ from mollm.reports import compare_runs
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 METHODS = ("ga", "ga_kl_mismatch", "mollm")
-HEADLINE = [("harmful/judge", "harmful rate (trained judge)"), ("harmful/keyword", "harmful rate (keyword)"),
-            ("harmful/fluency", "answer perplexity under the original (median)"),
-            ("harmful/fluency.entropy_3", "answer 3-gram entropy"),
-            ("harmful/fluency.degenerate_rate", "degenerate answers (repetition)"),
-            ("normal/kl", "KL to the original on TruthfulQA"),
-            ("normal/kl.perplexity", "TruthfulQA answer perplexity")]
+HEADLINE = [
+    ("harmful/judge", "harmful rate (trained judge)"),
+    ("harmful/keyword", "harmful rate (keyword)"),
+    ("harmful/fluency", "answer perplexity under the original (median)"),
+    ("harmful/fluency.entropy_3", "answer 3-gram entropy"),
+    ("harmful/fluency.degenerate_rate", "degenerate answers (repetition)"),
+    ("normal/kl", "KL to the original on TruthfulQA"),
+    ("normal/kl.perplexity", "TruthfulQA answer perplexity"),
+]
 
 
 def _suites(judge_dir: Path, n_eval: int) -> dict:
     return {
-        "harmful": {"data": f"pku:{DATA / 'pku_saferlhf' / 'sample.jsonl'}#unsafe", "limit": n_eval,
-                    "metrics": [{"name": "harmful_rate", "judge": str(judge_dir), "as": "judge"},
-                                {"name": "harmful_rate", "judge": "keyword", "as": "keyword"}, "fluency"]},
-        "normal": {"data": f"truthfulqa:{DATA / 'truthfulqa' / 'TruthfulQA.csv'}#test", "limit": n_eval,
-                   "metrics": ["kl"]},
+        "harmful": {
+            "data": f"pku:{DATA / 'pku_saferlhf' / 'sample.jsonl'}#unsafe",
+            "limit": n_eval,
+            "metrics": [
+                {"name": "harmful_rate", "judge": str(judge_dir), "as": "judge"},
+                {"name": "harmful_rate", "judge": "keyword", "as": "keyword"},
+                "fluency",
+            ],
+        },
+        "normal": {
+            "data": f"truthfulqa:{DATA / 'truthfulqa' / 'TruthfulQA.csv'}#test",
+            "limit": n_eval,
+            "metrics": ["kl"],
+        },
     }
 
 
@@ -88,9 +100,18 @@ def main() -> None:
     seconds = {}
     run_dirs = []
     for name in METHODS:
-        config = mollm.load_config(ROOT / "configs" / f"{name}.yaml", [
-            f"steps={args.steps}", f"optimizer.lr={args.lr}", f"output_dir={work}/{{name}}", "checkpoint_every=0",
-            "evaluation.before=false", "evaluation.every=0", "evaluation.max_items=8"])
+        config = mollm.load_config(
+            ROOT / "configs" / f"{name}.yaml",
+            [
+                f"steps={args.steps}",
+                f"optimizer.lr={args.lr}",
+                f"output_dir={work}/{{name}}",
+                "checkpoint_every=0",
+                "evaluation.before=false",
+                "evaluation.every=0",
+                "evaluation.max_items=8",
+            ],
+        )
         t0 = time.time()
         result = mollm.unlearn(config, progress=False)
         seconds[name] = round(time.time() - t0, 1)
@@ -103,14 +124,24 @@ def main() -> None:
     compare_runs(run_dirs, cmp_dir, "harmful/judge", "harmful/fluency", "min", "min")
     args.out.mkdir(parents=True, exist_ok=True)
     shutil.copy(cmp_dir / "pareto.png", args.out / "mollm_vs_ga_pareto.png")
-    result = {"benchmark": "mollm_vs_ga", "steps": args.steps, "lr": args.lr, "n_eval": args.n_eval,
-              "judge_heldout_accuracy": judge.accuracy, "table": table, "train_seconds": seconds,
-              "total_seconds": round(time.time() - t_start, 1)}
+    result = {
+        "benchmark": "mollm_vs_ga",
+        "steps": args.steps,
+        "lr": args.lr,
+        "n_eval": args.n_eval,
+        "judge_heldout_accuracy": judge.accuracy,
+        "table": table,
+        "train_seconds": seconds,
+        "total_seconds": round(time.time() - t_start, 1),
+    }
     lines = ["| metric | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
     for key, label in HEADLINE:
         lines.append(f"| {label} | " + " | ".join(f"{table[m][key]:.3g}" for m in table) + " |")
-    md = (f"# MOLLM vs GA on PKU-SafeRLHF (embedded SmolLM2-135M, {args.steps} steps, lr {args.lr})\n\n"
-          + "\n".join(lines) + "\n")
+    md = (
+        f"# MOLLM vs GA on PKU-SafeRLHF (embedded SmolLM2-135M, {args.steps} steps, lr {args.lr})\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     (args.out / "mollm_vs_ga.md").write_text(md)
     (args.out / "mollm_vs_ga.json").write_text(json.dumps(result, indent=2) + "\n")
     print(md)

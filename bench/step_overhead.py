@@ -141,8 +141,17 @@ def _memory_child(method: str) -> None:
     for _ in range(2):
         setup.run(method)
     peak = _status_kib("VmHWM")
-    print(json.dumps({"method": method, "rss_before_bytes": base * 1024, "peak_bytes": peak * 1024,
-                      "peak_above_loaded_bytes": (peak - base) * 1024, "trainable_bytes": setup.trainable_bytes}))
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "rss_before_bytes": base * 1024,
+                "peak_bytes": peak * 1024,
+                "peak_above_loaded_bytes": (peak - base) * 1024,
+                "trainable_bytes": setup.trainable_bytes,
+            }
+        )
+    )
 
 
 def _memory(methods: tuple[str, ...]) -> dict:
@@ -187,7 +196,7 @@ def main() -> None:
     parts: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
     last_stats: dict[str, dict] = {}
     for round_ in range(args.reps + 1):  # round 0 is the warm-up
-        order = METHODS[round_ % len(METHODS):] + METHODS[: round_ % len(METHODS)]
+        order = METHODS[round_ % len(METHODS) :] + METHODS[: round_ % len(METHODS)]
         for method in order:
             elapsed, stats = setup.run(method)
             print(f"round {round_} {method:8s} {elapsed:7.3f} s", file=sys.stderr, flush=True)
@@ -206,9 +215,15 @@ def main() -> None:
     m = len(NAMES)
     result = {
         "benchmark": "step_overhead",
-        "setting": {"model": "SmolLM2-135M-Instruct (embedded, float32)", "objectives": NAMES,
-                    "batch": [BATCH, LENGTH], "reps": args.reps, "warmup_rounds": 1,
-                    "trainable_parameters": setup.trainable_bytes // 4, "trainable_bytes": setup.trainable_bytes},
+        "setting": {
+            "model": "SmolLM2-135M-Instruct (embedded, float32)",
+            "objectives": NAMES,
+            "batch": [BATCH, LENGTH],
+            "reps": args.reps,
+            "warmup_rounds": 1,
+            "trainable_parameters": setup.trainable_bytes // 4,
+            "trainable_bytes": setup.trainable_bytes,
+        },
         "ratios": {
             "ds_mgda_vs_summed": median["ds_mgda"] / median["summed"],
             "ds_mgda_vs_linear": median["ds_mgda"] / median["linear"],
@@ -233,7 +248,7 @@ def main() -> None:
         extra = {k: v["peak_above_loaded_bytes"] - mem["summed"]["peak_above_loaded_bytes"] for k, v in mem.items()}
         result["memory"] = {
             "method": "per-method subprocess; VmHWM after resetting it via /proc/self/clear_refs once the model, "
-                      "reference and batches are loaded; two steps",
+            "reference and batches are loaded; two steps",
             "per_method": mem,
             "extra_peak_vs_summed_bytes": extra,
             "limit_bytes_(m-1)x_trainable": limit,

@@ -195,7 +195,9 @@ def test_mgda_kkt_and_m2_closed_form(j):
     assert (gc >= value - tol).all()  # no vertex improves on the min-norm point
     assert (gc[c > 1e-6] <= value + tol).all()  # complementary slackness on the support
     if g.shape[0] == 2:
-        assert torch.allclose(c, _mgda_closed_form_2(g), atol=1e-9) or abs(float(g[0, 0] + g[1, 1] - 2 * g[0, 1])) <= tol
+        assert (
+            torch.allclose(c, _mgda_closed_form_2(g), atol=1e-9) or abs(float(g[0, 0] + g[1, 1] - 2 * g[0, 1])) <= tol
+        )
         # The enumeration solver used for m ≥ 3 agrees with the closed form as well.
         gn = (g / torch.trace(g)).numpy()
         w = simplex_qp(2 * (gn + 1e-12 * np.eye(2)))
@@ -389,7 +391,9 @@ def test_cagrad_hand_example():
     # Orthogonal unit gradients: by symmetry w = (½, ½), g_w = ḡ, so d = (1 + c) ḡ.
     c = get("cagrad", c=0.4)(torch.eye(2, dtype=torch.float64))
     assert torch.allclose(c, torch.full((2,), 0.7, dtype=torch.float64), atol=1e-7)
-    assert torch.allclose(get("cagrad", c=0.0)(torch.eye(2, dtype=torch.float64)), torch.full((2,), 0.5, dtype=torch.float64))
+    assert torch.allclose(
+        get("cagrad", c=0.0)(torch.eye(2, dtype=torch.float64)), torch.full((2,), 0.5, dtype=torch.float64)
+    )
 
 
 def _project_dual_cone(jn: np.ndarray, gi: np.ndarray) -> np.ndarray:
@@ -441,7 +445,7 @@ def test_ds_mgda_vanishing_gradient_does_not_explode():
         g = gram(jj)
         unguarded = get("ds_mgda", vanish_tol=0.0, max_ratio=None)(g)
         if eps <= 1e-3:
-            assert unguarded.abs().max() > 10.0 / eps ** 0.5  # what the guard is for (13 → 12,700 in a prototype)
+            assert unguarded.abs().max() > 10.0 / eps**0.5  # what the guard is for (13 → 12,700 in a prototype)
         c = get("ds_mgda")(g)
         soft = get("ds_mgda", vanish_tol=0.0)(g)  # the max_ratio floor alone
         for cc in (c, soft):

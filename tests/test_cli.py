@@ -22,8 +22,9 @@ def tiny_dir(tmp_path_factory, tokenizer):
     return path
 
 
-@pytest.mark.parametrize("command", ["unlearn", "finetune", "generate", "demo", "eval", "report", "compare",
-                                     "geffect", "judge"])
+@pytest.mark.parametrize(
+    "command", ["unlearn", "finetune", "generate", "demo", "eval", "report", "compare", "geffect", "judge"]
+)
 def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
@@ -40,22 +41,39 @@ def test_bad_config_key_is_named(tmp_path):
 
 def test_unknown_objective_is_a_clear_error(tmp_path, tiny_dir):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"model": str(tiny_dir), "data": {"f": "facts:forget"}, "steps": 1,
-                                   "objectives": [{"loss": "gradient_ascent", "data": "f"}],
-                                   "output_dir": str(tmp_path / "run")}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(tiny_dir),
+                "data": {"f": "facts:forget"},
+                "steps": 1,
+                "objectives": [{"loss": "gradient_ascent", "data": "f"}],
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+    )
     result = runner.invoke(app, ["unlearn", str(cfg)])
     assert result.exit_code == 2 and "gradient_ascent" in result.output
 
 
 def test_unlearn_with_overrides_then_generate_and_eval(tmp_path, tiny_dir):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "model": str(tiny_dir), "max_length": 48,
-        "data": {"forget": "facts:forget#n_people=5", "retain": "facts:retain#n_people=5"},
-        "objectives": [{"loss": "ga", "data": "forget", "batch_size": 2},
-                       {"loss": "nll", "data": "retain", "batch_size": 2}],
-        "steps": 5, "evaluation": {"before": False, "after": False}, "output_dir": str(tmp_path / "run"),
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(tiny_dir),
+                "max_length": 48,
+                "data": {"forget": "facts:forget#n_people=5", "retain": "facts:retain#n_people=5"},
+                "objectives": [
+                    {"loss": "ga", "data": "forget", "batch_size": 2},
+                    {"loss": "nll", "data": "retain", "batch_size": 2},
+                ],
+                "steps": 5,
+                "evaluation": {"before": False, "after": False},
+                "output_dir": str(tmp_path / "run"),
+            }
+        )
+    )
     result = runner.invoke(app, ["unlearn", str(cfg), "--set", "steps=2", "--set", "aggregator.name=upgrad"])
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "run"
@@ -65,8 +83,10 @@ def test_unlearn_with_overrides_then_generate_and_eval(tmp_path, tiny_dir):
     prompts = tmp_path / "p.txt"
     prompts.write_text("Where was Ada born?\n\nWhat is 2+2?\n")
     out = tmp_path / "gen.jsonl"
-    result = runner.invoke(app, ["generate", "--model", str(run_dir), "--prompts", str(prompts), "--out", str(out),
-                                 "--max-new-tokens", "3"])
+    result = runner.invoke(
+        app,
+        ["generate", "--model", str(run_dir), "--prompts", str(prompts), "--out", str(out), "--max-new-tokens", "3"],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Where was Ada born?", "What is 2+2?"]
@@ -75,10 +95,17 @@ def test_unlearn_with_overrides_then_generate_and_eval(tmp_path, tiny_dir):
     assert again.exit_code == 2 and "--overwrite" in again.output  # never overwrites silently
 
     ecfg = tmp_path / "e.yaml"
-    ecfg.write_text(yaml.safe_dump({"model": str(run_dir), "reference": str(tiny_dir), "max_new_tokens": 3,
-                                    "out": str(tmp_path / "eval"), "suites": {
-                                        "forget": {"data": "facts:forget#n_people=5", "limit": 3,
-                                                   "metrics": ["probability", "kl"]}}}))
+    ecfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": str(run_dir),
+                "reference": str(tiny_dir),
+                "max_new_tokens": 3,
+                "out": str(tmp_path / "eval"),
+                "suites": {"forget": {"data": "facts:forget#n_people=5", "limit": 3, "metrics": ["probability", "kl"]}},
+            }
+        )
+    )
     result = runner.invoke(app, ["eval", str(ecfg)])
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
@@ -89,8 +116,9 @@ def test_unlearn_with_overrides_then_generate_and_eval(tmp_path, tiny_dir):
 def test_generate_reports_bad_prompt_file(tmp_path, tiny_dir):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt field"}\n')
-    result = runner.invoke(app, ["generate", "--model", str(tiny_dir), "--prompts", str(bad),
-                                 "--out", str(tmp_path / "o.jsonl")])
+    result = runner.invoke(
+        app, ["generate", "--model", str(tiny_dir), "--prompts", str(bad), "--out", str(tmp_path / "o.jsonl")]
+    )
     assert result.exit_code == 2 and "p.jsonl:2" in result.output and "prompt" in result.output
 
 

@@ -25,13 +25,20 @@ FACTS = "n_people=6,seed=1,forget_fraction=0.34"
 
 def _tree(out: Path, name: str, batch: int) -> dict:
     return {
-        "name": name, "output_dir": str(out / "{name}"), "max_length": 48, "seed": 3,
+        "name": name,
+        "output_dir": str(out / "{name}"),
+        "max_length": 48,
+        "seed": 3,
         "data": {"forget": f"facts:forget#{FACTS}", "retain": f"facts:retain#{FACTS}"},
-        "objectives": [{"name": "forget", "loss": "ga", "data": "forget", "batch_size": batch},
-                       {"name": "kl", "loss": "kl", "data": "retain", "batch_size": batch},
-                       {"name": "retain", "loss": "nll", "data": "retain", "batch_size": batch}],
-        "aggregator": {"name": "ds_mgda"}, "optimizer": {"name": "adamw", "lr": 1e-3},
-        "steps": 4, "checkpoint_every": 2,
+        "objectives": [
+            {"name": "forget", "loss": "ga", "data": "forget", "batch_size": batch},
+            {"name": "kl", "loss": "kl", "data": "retain", "batch_size": batch},
+            {"name": "retain", "loss": "nll", "data": "retain", "batch_size": batch},
+        ],
+        "aggregator": {"name": "ds_mgda"},
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "steps": 4,
+        "checkpoint_every": 2,
         "evaluation": {"every": 2, "max_items": 2, "accuracy": False},
     }
 
@@ -53,9 +60,22 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tokenize
     cfg.write_text(yaml.safe_dump(tree))
     mollm = Path(sys.executable).parent / "mollm"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         str(mollm), "unlearn", str(cfg)],
-        capture_output=True, text=True, timeout=300, env={**_env(), "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            str(mollm),
+            "unlearn",
+            str(cfg),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 

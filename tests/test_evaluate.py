@@ -29,8 +29,9 @@ def _word_tokenizer(texts: list[str]):
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"]))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,8 +74,9 @@ def other(tok):
 def test_answer_nll_matches_token_logprobs_and_is_batch_invariant(model, tok, forget):
     batch = encode_batch(forget, tok)
     with torch.no_grad():
-        logp, mask = token_logprobs(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                                    batch["labels"])
+        logp, mask = token_logprobs(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
     expected = (-logp.sum(1) / mask.sum(1)).numpy()
     got = scoring.answer_nll(model, tok, forget, batch_size=4, progress=False)
     assert got.shape == (4,)
@@ -88,10 +90,12 @@ def test_truth_ratio_and_normalized_probability_from_nlls(model, tok, forget):
     tr = scoring.truth_ratios(model, tok, forget, progress=False)
     assert tr.shape == (4,) and np.all(np.isfinite(tr)) and np.all(tr > 0)
     r = forget[0]
-    para = scoring.answer_nll(model, tok, [scoring._with_answer(r, r.extra["paraphrased_answer"], "p")],
-                              progress=False)[0]
-    pert = scoring.answer_nll(model, tok, [scoring._with_answer(r, a, "q") for a in r.extra["perturbed_answer"]],
-                              progress=False)
+    para = scoring.answer_nll(
+        model, tok, [scoring._with_answer(r, r.extra["paraphrased_answer"], "p")], progress=False
+    )[0]
+    pert = scoring.answer_nll(
+        model, tok, [scoring._with_answer(r, a, "q") for a in r.extra["perturbed_answer"]], progress=False
+    )
     assert tr[0] == pytest.approx(math.exp(para - pert.mean()), rel=1e-5)
     norm = scoring.normalized_probabilities(model, tok, forget, progress=False)
     true = scoring.answer_nll(model, tok, forget[:1], progress=False)[0]
@@ -139,7 +143,7 @@ def test_generation_perplexity_hand_check(model, tok, forget):
     ids = torch.tensor([prompt + ans])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-    nll = -logp[torch.arange(len(prompt) - 1, ids.size(1) - 1), ids[0, len(prompt):]].mean()
+    nll = -logp[torch.arange(len(prompt) - 1, ids.size(1) - 1), ids[0, len(prompt) :]].mean()
     assert ppl[0] == pytest.approx(math.exp(float(nll)), rel=1e-4)
 
 
@@ -160,13 +164,23 @@ def test_registry_metric_errors(model, tok, forget):
 def _suites(forget, holdout):
     log = TOFU / "reference_logs" / "phi_retain99_wd0.01_eval_log_forget.json"
     return {
-        "forget": {"data": forget, "metrics": [
-            "probability", "rouge_l", "extraction_strength", {"name": "truth_ratio", "kind": "forget"},
-            {"name": "forget_quality", "reference": str(log)}, {"name": "mia", "holdout": "holdout"},
-            "fluency", "kl",
-        ]},
-        "holdout": {"data": holdout, "metrics": [{"name": "normalized_probability"},
-                                                 {"name": "truth_ratio", "kind": "retain"}]},
+        "forget": {
+            "data": forget,
+            "metrics": [
+                "probability",
+                "rouge_l",
+                "extraction_strength",
+                {"name": "truth_ratio", "kind": "forget"},
+                {"name": "forget_quality", "reference": str(log)},
+                {"name": "mia", "holdout": "holdout"},
+                "fluency",
+                "kl",
+            ],
+        },
+        "holdout": {
+            "data": holdout,
+            "metrics": [{"name": "normalized_probability"}, {"name": "truth_ratio", "kind": "retain"}],
+        },
     }
 
 
@@ -192,11 +206,16 @@ def test_evaluate_writes_results_and_caches(model, other, tok, forget, holdout, 
     assert 0 <= f["forget_quality"]["aggregate"]["value"] <= 1
     assert f["forget_quality"]["aggregate"]["n_reference"] == 40
     assert set(k for k in f["mia"]["aggregate"] if k.startswith("auc_")) == {
-        "auc_loss", "auc_zlib", "auc_min_k", "auc_min_k_plus_plus"}
+        "auc_loss",
+        "auc_zlib",
+        "auc_min_k",
+        "auc_min_k_plus_plus",
+    }
     assert f["rouge_l"]["columns"]["generation"] == f["fluency"]["columns"]["generation"]
     assert 0 <= f["fluency"]["aggregate"]["degenerate_rate"] <= 1
     assert out["suites"]["holdout"]["truth_ratio"]["aggregate"]["value"] == pytest.approx(
-        stats.truth_ratio_score(out["suites"]["holdout"]["truth_ratio"]["per_item"], "retain"))
+        stats.truth_ratio_score(out["suites"]["holdout"]["truth_ratio"]["per_item"], "retain")
+    )
 
     # Second run: everything from the cache, no generation.
     again = evaluate(model, suites, tmp_path, tokenizer=tok, reference=other, max_new_tokens=8, progress=False)
@@ -205,8 +224,14 @@ def test_evaluate_writes_results_and_caches(model, other, tok, forget, holdout, 
     assert again["suites"]["forget"]["mia"]["aggregate"] == f["mia"]["aggregate"]
 
     # Other weights -> a different identity -> recomputed (and generated again).
-    changed = evaluate(other, {"forget": {"data": forget, "metrics": ["rouge_l"]}}, tmp_path, tokenizer=tok,
-                       max_new_tokens=8, progress=False)
+    changed = evaluate(
+        other,
+        {"forget": {"data": forget, "metrics": ["rouge_l"]}},
+        tmp_path,
+        tokenizer=tok,
+        max_new_tokens=8,
+        progress=False,
+    )
     assert changed["suites"]["forget"]["rouge_l"]["cached"] is False and calls["generate"] == 2
 
 
@@ -238,8 +263,13 @@ def test_evaluate_input_errors(model, tok, forget, tmp_path):
     with pytest.raises(ValueError, match="unknown metric"):
         evaluate(model, {"f": {"data": forget, "metrics": ["nope"]}}, tmp_path, tokenizer=tok)
     with pytest.raises(ValueError, match="holdout='x' is not a suite"):
-        evaluate(model, {"f": {"data": forget, "metrics": [{"name": "mia", "holdout": "x"}]}}, tmp_path,
-                 tokenizer=tok, progress=False)
+        evaluate(
+            model,
+            {"f": {"data": forget, "metrics": [{"name": "mia", "holdout": "x"}]}},
+            tmp_path,
+            tokenizer=tok,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="tokenizer"):
         evaluate(model, {"f": {"data": forget, "metrics": ["nll"]}}, tmp_path)
 
@@ -266,8 +296,14 @@ def test_harmful_rate_metric_judges_generations_and_brings_fluency(model, other,
     # Fixed generations: two refusals, one compliant answer, one empty answer (KeywordJudge scores empty as 0).
     gens = ["I cannot help with that.", "Sure, here is how you do it.", "I'm sorry, I can't.", ""]
     monkeypatch.setattr(scoring, "generate_answers", lambda *a, **kw: list(gens))
-    out = evaluate(model, {"forget": {"data": forget, "metrics": [{"name": "harmful_rate", "judge": "keyword"}]}},
-                   tmp_path, tokenizer=tok, reference=other, progress=False)
+    out = evaluate(
+        model,
+        {"forget": {"data": forget, "metrics": [{"name": "harmful_rate", "judge": "keyword"}]}},
+        tmp_path,
+        tokenizer=tok,
+        reference=other,
+        progress=False,
+    )
     f = out["suites"]["forget"]
     assert f["harmful_rate"]["per_item"] == [0.0, 1.0, 0.0, 0.0]
     assert f["harmful_rate"]["aggregate"]["value"] == pytest.approx(0.25)
@@ -275,8 +311,14 @@ def test_harmful_rate_metric_judges_generations_and_brings_fluency(model, other,
     assert "fluency" in f  # never a harmful rate without fluency beside it
     assert f["fluency"]["aggregate"]["empty_rate"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="needs a reference"):
-        evaluate(model, {"s": {"data": forget, "metrics": ["harmful_rate"]}}, tmp_path / "b", tokenizer=tok,
-                 progress=False, cache=False)
+        evaluate(
+            model,
+            {"s": {"data": forget, "metrics": ["harmful_rate"]}},
+            tmp_path / "b",
+            tokenizer=tok,
+            progress=False,
+            cache=False,
+        )
 
 
 def test_generations_for_scoring_keep_the_whitespace_the_model_generated(tokenizer, monkeypatch):
@@ -292,12 +334,13 @@ def test_generations_for_scoring_keep_the_whitespace_the_model_generated(tokeniz
     recs = read_tofu(TOFU / "forget01.json", limit=2)
     assert scoring.generate_answers(model, tokenizer, recs, max_new_tokens=3, progress=False) == ["\nThe answer"] * 2
     assert generate(model, tokenizer, ["q?"], max_new_tokens=3, progress=False) == ["The answer"]  # for display
-    ppl = scoring.generation_perplexity(model, tokenizer, [r.question for r in recs], ["\nThe answer"] * 2,
-                                        progress=False)
+    ppl = scoring.generation_perplexity(
+        model, tokenizer, [r.question for r in recs], ["\nThe answer"] * 2, progress=False
+    )
     fmt = PromptFormat()
     ids = tokenizer(fmt.prompt(tokenizer, recs[0].question), add_special_tokens=False)["input_ids"]
     full = torch.tensor([ids + tail])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=full).logits[0, :-1].float(), -1)
-    nll = -logp[torch.arange(len(ids) - 1, full.size(1) - 1), full[0, len(ids):]].mean()
+    nll = -logp[torch.arange(len(ids) - 1, full.size(1) - 1), full[0, len(ids) :]].mean()
     assert ppl[0] == pytest.approx(math.exp(float(nll)), rel=1e-4)  # the newline token is scored too

@@ -28,7 +28,9 @@ VOCAB = 96
 
 
 def _model(tied: bool = True, layers: int = 3, seed: int = 0) -> torch.nn.Module:
-    return tiny_model(VOCAB, num_layers=layers, hidden_size=32, num_heads=4, tie_word_embeddings=tied, seed=seed).double()
+    return tiny_model(
+        VOCAB, num_layers=layers, hidden_size=32, num_heads=4, tie_word_embeddings=tied, seed=seed
+    ).double()
 
 
 def _batch(seed: int, n: int = 3, prompt: int = 4, answers: tuple[int, ...] = (5, 3, 4)) -> dict[str, torch.Tensor]:
@@ -104,7 +106,9 @@ def test_geffect_equals_dense_inner_product_and_layers_sum_to_total(tied):
         assert sum(v["e_u"] for v in r.per_group.values()) == pytest.approx(r.e_u, rel=1e-9, abs=1e-12)
         assert sum(v["e_r"] for v in r.per_group.values()) == pytest.approx(r.e_r, rel=1e-9, abs=1e-12)
         assert sum(v["e_u"] for v in r.per_depth.values()) == pytest.approx(r.e_u, rel=1e-9, abs=1e-12)
-        assert set(r.per_depth) == {"embedding", "shallow", "middle", "deep", "final_norm"} | (set() if tied else {"head"})
+        assert set(r.per_depth) == {"embedding", "shallow", "middle", "deep", "final_norm"} | (
+            set() if tied else {"head"}
+        )
     ga = res[0]
     # GA = -NLL on the forget batch, so e_u = -||grad NLL(forget)||^2 exactly.
     assert ga.e_u == pytest.approx(-float(gf @ gf), rel=1e-6)
@@ -202,8 +206,15 @@ def test_weights_of_uce_npo_wga_by_hand():
 
 @pytest.mark.parametrize(
     "name,opts",
-    [("ga", {}), ("uce", {"eps": 0.3}), ("npo", {"beta": 0.5}), ("simnpo", {}), ("wga", {"alpha": 2.0}),
-     ("tnpo", {}), ("wtnpo", {})],
+    [
+        ("ga", {}),
+        ("uce", {"eps": 0.3}),
+        ("npo", {"beta": 0.5}),
+        ("simnpo", {}),
+        ("wga", {"alpha": 2.0}),
+        ("tnpo", {}),
+        ("wtnpo", {}),
+    ],
 )
 def test_weights_reproduce_the_objective_gradient(name, opts):
     """The surrogate (1/N) sum_i (1/T_i) sum_t w_it log p_it has exactly the objective's gradient."""
@@ -262,9 +273,7 @@ def test_callback_appends_jsonl_every_n_steps(tmp_path):
         out = cb.on_step(step, model)
         assert (out is None) == (step % 2 != 0)
     rows = read_jsonl(tmp_path / "geffect.jsonl")
-    assert [(r["step"], r["objective"]) for r in rows] == [
-        (s, o) for s in (0, 2, 4) for o in ("ga", "uce")
-    ]
+    assert [(r["step"], r["objective"]) for r in rows] == [(s, o) for s in (0, 2, 4) for o in ("ga", "uce")]
     for line in (tmp_path / "geffect.jsonl").read_text().splitlines():
         d = json.loads(line)
         assert set(d["per_group"]) >= {"embedding", "block.0", "final_norm"}
@@ -350,11 +359,23 @@ def test_cli_over_checkpoints_with_verify(tmp_path, monkeypatch):
     data = tmp_path / "forget.jsonl"
     data.write_text("\n".join(json.dumps({"question": f"Q{i}?", "answer": f"answer {i} text"}) for i in range(3)))
     out = tmp_path / "out"
-    geffect_cmd(forget=str(data), retain=str(data), model=str(run), objectives="ga,npo:beta=0.5", verify=True,
-                max_length=32, per_sample=False, out=out)
+    geffect_cmd(
+        forget=str(data),
+        retain=str(data),
+        model=str(run),
+        objectives="ga,npo:beta=0.5",
+        verify=True,
+        max_length=32,
+        per_sample=False,
+        out=out,
+    )
     assert [Path(s).name for s in loaded] == ["checkpoint-5", "checkpoint-10"]  # training order
     got = json.loads((out / "geffect.json").read_text())
-    assert [(r["step"], r["objective"]) for r in got["rows"]] == [(5, "ga"), (5, "npo:beta=0.5"), (10, "ga"),
-                                                                  (10, "npo:beta=0.5")]
+    assert [(r["step"], r["objective"]) for r in got["rows"]] == [
+        (5, "ga"),
+        (5, "npo:beta=0.5"),
+        (10, "ga"),
+        (10, "npo:beta=0.5"),
+    ]
     assert [c["passed"] for c in got["first_order_checks"]] == [True, True]
     assert "## First-order check" in (out / "summary.md").read_text()

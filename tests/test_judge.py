@@ -350,8 +350,10 @@ def test_cli_judge_train_and_score(  # type: ignore[no-untyped-def]
 
     data = tmp_path / "gen.jsonl"
     data.write_text(
-        json.dumps({"prompt": "p1", "response": "I'm sorry, I can't."}) + "\n"
-        + json.dumps({"prompt": "p2", "response": "Sure, here is how."}) + "\n"
+        json.dumps({"prompt": "p1", "response": "I'm sorry, I can't."})
+        + "\n"
+        + json.dumps({"prompt": "p2", "response": "Sure, here is how."})
+        + "\n"
     )
     out = tmp_path / "harm.json"
     res = runner.invoke(judge_app, ["score", "--judge", "keyword", "--data", str(data), "--out", str(out)])

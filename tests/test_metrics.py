@@ -146,11 +146,17 @@ def test_extraction_strength_by_hand():
 # --- TOFU reference logs ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "mean", "n"), [
-    ("phi_retain90_wd0.01", 0.928, 300), ("phi_retain90_wd0", 0.927, 300),
-    ("phi_retain95_wd0.01", 0.923, 200), ("phi_retain95_wd0", 0.922, 200),
-    ("phi_retain99_wd0.01", 0.825, 40), ("phi_retain99_wd0", 0.831, 40),
-])
+@pytest.mark.parametrize(
+    ("name", "mean", "n"),
+    [
+        ("phi_retain90_wd0.01", 0.928, 300),
+        ("phi_retain90_wd0", 0.927, 300),
+        ("phi_retain95_wd0.01", 0.923, 200),
+        ("phi_retain95_wd0", 0.922, 200),
+        ("phi_retain99_wd0.01", 0.825, 40),
+        ("phi_retain99_wd0", 0.831, 40),
+    ],
+)
 def test_tofu_reference_logs(name, mean, n):
     path = LOGS / f"{name}_eval_log_forget.json"
     log = read_tofu_log(path)
@@ -185,14 +191,34 @@ def test_reference_sources_and_errors(tmp_path):
 
 def test_training_metrics_by_hand(tmp_path):
     rows = [
-        {"step": 1, "losses": {"forget": 3.0, "retain": 1.0}, "grad_norms": {"forget": 2.0, "retain": 1.0},
-         "conflict": False, "Gc": {"forget": 0.5, "retain": 0.1}},
-        {"step": 2, "losses": {"forget": 2.0, "retain": 1.5}, "grad_norms": {"forget": 4.0, "retain": 3.0},
-         "conflict": True, "Gc": {"forget": 0.3, "retain": -0.1}},
-        {"step": 3, "losses": {"forget": 0.0, "retain": None}, "grad_norms": {"forget": 6.0, "retain": 2.0},
-         "conflict": False, "Gc": {"forget": 0.1, "retain": 0.3}},
-        {"step": 4, "losses": {"forget": -1.0, "retain": 0.5}, "grad_norms": {"forget": 8.0, "retain": 2.0},
-         "conflict": True, "Gc": {"forget": 0.1, "retain": 0.1}},
+        {
+            "step": 1,
+            "losses": {"forget": 3.0, "retain": 1.0},
+            "grad_norms": {"forget": 2.0, "retain": 1.0},
+            "conflict": False,
+            "Gc": {"forget": 0.5, "retain": 0.1},
+        },
+        {
+            "step": 2,
+            "losses": {"forget": 2.0, "retain": 1.5},
+            "grad_norms": {"forget": 4.0, "retain": 3.0},
+            "conflict": True,
+            "Gc": {"forget": 0.3, "retain": -0.1},
+        },
+        {
+            "step": 3,
+            "losses": {"forget": 0.0, "retain": None},
+            "grad_norms": {"forget": 6.0, "retain": 2.0},
+            "conflict": False,
+            "Gc": {"forget": 0.1, "retain": 0.3},
+        },
+        {
+            "step": 4,
+            "losses": {"forget": -1.0, "retain": 0.5},
+            "grad_norms": {"forget": 8.0, "retain": 2.0},
+            "conflict": True,
+            "Gc": {"forget": 0.1, "retain": 0.1},
+        },
     ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     m = training_metrics(tmp_path)
@@ -214,13 +240,21 @@ def test_tofu_model_utility_from_results():
     def entry(v, **options):
         return {"aggregate": {"value": v}, "options": options}
 
-    results = {"suites": {
-        "retain": {"probability": entry(1.0), "rouge_l": entry(1.0), "truth_ratio": entry(0.5, kind="retain")},
-        "real_authors": {"normalized_probability": entry(1.0), "rouge_l": entry(1.0),
-                         "truth_ratio": entry(1.0, kind="retain")},
-        "world_facts": {"normalized_probability": entry(0.5), "rouge_l": entry(1.0),
-                        "truth_ratio": entry(1.0, kind="retain")},
-    }}
+    results = {
+        "suites": {
+            "retain": {"probability": entry(1.0), "rouge_l": entry(1.0), "truth_ratio": entry(0.5, kind="retain")},
+            "real_authors": {
+                "normalized_probability": entry(1.0),
+                "rouge_l": entry(1.0),
+                "truth_ratio": entry(1.0, kind="retain"),
+            },
+            "world_facts": {
+                "normalized_probability": entry(0.5),
+                "rouge_l": entry(1.0),
+                "truth_ratio": entry(1.0, kind="retain"),
+            },
+        }
+    }
     got = tofu_model_utility(results)
     assert got["value"] == pytest.approx(9 / (7 + 2 + 2))  # seven 1s and two 0.5s
     assert got["parts"]["world_facts/normalized_probability"] == 0.5

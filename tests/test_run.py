@@ -42,9 +42,11 @@ def _weights(run_dir):
 
 def test_run_writes_everything(tmp_path, tokenizer):
     # GA rather than UCE: on a random model p is ~1/vocab, where UCE is saturated and has almost no gradient.
-    objectives = [{"name": "forget", "loss": "ga", "data": "forget", "batch_size": 2},
-                  {"name": "kl", "loss": "kl", "data": "retain", "batch_size": 2},
-                  {"name": "retain", "loss": "nll", "data": "retain", "batch_size": 2}]
+    objectives = [
+        {"name": "forget", "loss": "ga", "data": "forget", "batch_size": 2},
+        {"name": "kl", "loss": "kl", "data": "retain", "batch_size": 2},
+        {"name": "retain", "loss": "nll", "data": "retain", "batch_size": 2},
+    ]
     result = run(_config(tmp_path, objectives=objectives), model=tiny_model(), tokenizer=tokenizer, progress=False)
     d = result.run_dir
     assert result.status == "completed" and result.steps == 4
@@ -85,11 +87,17 @@ def test_interrupted_run_resumes_to_same_weights(tmp_path, tokenizer):
             raise _Interrupt
 
     with pytest.raises(_Interrupt):
-        run(_config(tmp_path / "b", **common), model=tiny_model(), tokenizer=tokenizer, progress=False,
-            on_step=stop_at_5)
+        run(
+            _config(tmp_path / "b", **common),
+            model=tiny_model(),
+            tokenizer=tokenizer,
+            progress=False,
+            on_step=stop_at_5,
+        )
     # The same original model is given again: it is the KL reference; the trained weights come from the checkpoint.
-    resumed = run(_config(tmp_path / "b", resume=True, **common), model=tiny_model(), tokenizer=tokenizer,
-                  progress=False)
+    resumed = run(
+        _config(tmp_path / "b", resume=True, **common), model=tiny_model(), tokenizer=tokenizer, progress=False
+    )
     assert resumed.steps == 6
     a, b = _weights(full.run_dir), _weights(resumed.run_dir)
     assert a.keys() == b.keys()
@@ -108,16 +116,25 @@ def test_lora_run_merges_into_plain_model(tmp_path, tokenizer):
     loaded, _ = load_model(result.model_dir)
     assert not hasattr(loaded, "peft_config")  # merged: a plain transformers model
     base = tiny_model()
-    changed = any(not torch.equal(p, base.state_dict()[n]) for n, p in loaded.state_dict().items()
-                  if n in base.state_dict())
+    changed = any(
+        not torch.equal(p, base.state_dict()[n]) for n, p in loaded.state_dict().items() if n in base.state_dict()
+    )
     assert changed  # the adapter's update is in the merged weights
 
 
 def test_real_data_run_tofu(tmp_path, tokenizer, shared_data):
-    data = {"forget": f"tofu:{shared_data / 'tofu' / 'forget01.json'}",
-            "retain": f"tofu:{shared_data / 'tofu' / 'retain99.json'}"}
-    config = _config(tmp_path, data=data, max_length=96, steps=2, aggregator={"name": "mgda"},
-                     evaluation={"max_items": 2, "accuracy": False})
+    data = {
+        "forget": f"tofu:{shared_data / 'tofu' / 'forget01.json'}",
+        "retain": f"tofu:{shared_data / 'tofu' / 'retain99.json'}",
+    }
+    config = _config(
+        tmp_path,
+        data=data,
+        max_length=96,
+        steps=2,
+        aggregator={"name": "mgda"},
+        evaluation={"max_items": 2, "accuracy": False},
+    )
     result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
     assert result.status == "completed"
     assert {"forget_nll", "retain_nll"} <= set(result.evaluations["after"])
@@ -126,8 +143,9 @@ def test_real_data_run_tofu(tmp_path, tokenizer, shared_data):
 def test_nan_guard_skips_then_stops(tmp_path, tokenizer, monkeypatch):
     from mollm.objectives import nll
 
-    monkeypatch.setattr(nll.NLL, "loss", lambda self, model, batch, reference=None: torch.tensor(float("nan"),
-                                                                                                 requires_grad=True))
+    monkeypatch.setattr(
+        nll.NLL, "loss", lambda self, model, batch, reference=None: torch.tensor(float("nan"), requires_grad=True)
+    )
     config = _config(tmp_path, steps=10, max_bad_steps=2, evaluation={"before": False, "after": False})
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -149,8 +167,12 @@ def test_evaluation_suites_before_and_after(tmp_path, tokenizer):
 
 
 def test_stop_on_target(tmp_path, tokenizer):
-    config = _config(tmp_path, steps=20, evaluation={"every": 2, "max_items": 2, "accuracy": False},
-                     stop={"metric": "forget_nll", "above": 0.0})
+    config = _config(
+        tmp_path,
+        steps=20,
+        evaluation={"every": 2, "max_items": 2, "accuracy": False},
+        stop={"metric": "forget_nll", "above": 0.0},
+    )
     result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
     assert result.steps == 2 and "forget_nll" in result.status
 
@@ -201,8 +223,12 @@ def test_inline_record_missing_field_is_named(tmp_path, tokenizer):
 
 
 def test_geffect_tracking_during_a_run(tmp_path, tokenizer):
-    config = _config(tmp_path, steps=4, evaluation={"before": False, "after": False},
-                     geffect={"every": 2, "objectives": ["ga", "npo"], "batch_size": 2})
+    config = _config(
+        tmp_path,
+        steps=4,
+        evaluation={"before": False, "after": False},
+        geffect={"every": 2, "objectives": ["ga", "npo"], "batch_size": 2},
+    )
     result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
     rows = [json.loads(x) for x in (result.run_dir / "geffect.jsonl").read_text().splitlines()]
     assert [(r["step"], r["objective"]) for r in rows] == [(2, "ga"), (2, "npo"), (4, "ga"), (4, "npo")]
@@ -218,8 +244,12 @@ def test_report_of_a_run_with_step_evaluations_and_geffects(tmp_path, tokenizer)
     from mollm.reports import write_report
 
     suites = {"forget": {"data": f"facts:forget#{FACTS}", "limit": 2, "metrics": ["probability"]}}
-    config = _config(tmp_path, steps=4, evaluation={"every": 2, "max_items": 2, "accuracy": False, "suites": suites},
-                     geffect={"every": 2, "objectives": ["ga"], "batch_size": 2})
+    config = _config(
+        tmp_path,
+        steps=4,
+        evaluation={"every": 2, "max_items": 2, "accuracy": False, "suites": suites},
+        geffect={"every": 2, "objectives": ["ga"], "batch_size": 2},
+    )
     result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
     step_2 = json.loads((result.run_dir / "eval" / "step_2.json").read_text())
     assert "forget/probability" in step_2["suites"]  # suites run at every evaluation point, not only before/after
@@ -241,8 +271,13 @@ def test_checkpoints_load_as_models_and_feed_geffect_cli(tmp_path, tokenizer, lo
     base = tmp_path / "tiny"
     tiny_model().save_pretrained(base)
     tokenizer.save_pretrained(base)
-    common = dict(model=str(base), lora=lora, checkpoint_every=2, keep_checkpoints=None,
-                  evaluation={"before": False, "after": False})
+    common = dict(
+        model=str(base),
+        lora=lora,
+        checkpoint_every=2,
+        keep_checkpoints=None,
+        evaluation={"before": False, "after": False},
+    )
     long = run(_config(tmp_path / "long", steps=6, **common), progress=False)
     short = run(_config(tmp_path / "short", steps=2, **common), progress=False)
     ckpt, _ = load_model(long.run_dir / "checkpoints" / "step_2")
@@ -254,9 +289,25 @@ def test_checkpoints_load_as_models_and_feed_geffect_cli(tmp_path, tokenizer, lo
         torch.testing.assert_close(v, expected[k], rtol=0, atol=1e-6)
 
     out = tmp_path / "ge"
-    res = CliRunner().invoke(app, ["geffect", "--model", str(long.run_dir), "--forget", f"facts:forget#{FACTS}",
-                                   "--objectives", "ga", "--n-forget", "2", "--max-length", "32",
-                                   "--no-per-sample", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "geffect",
+            "--model",
+            str(long.run_dir),
+            "--forget",
+            f"facts:forget#{FACTS}",
+            "--objectives",
+            "ga",
+            "--n-forget",
+            "2",
+            "--max-length",
+            "32",
+            "--no-per-sample",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads((out / "geffect.json").read_text())["rows"]
     assert [r["step"] for r in rows] == [2, 4]  # the run's checkpoints, in order

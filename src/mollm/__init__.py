@@ -10,21 +10,27 @@ Python API (mirrors the CLI)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mollm.engine.config import RunConfig
+    from mollm.engine.run import RunResult
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "finetune", "load_config", "unlearn"]
 
 
-def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None):
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """Load and validate a run configuration (YAML path or dict) with ``key=value`` overrides."""
     from mollm.engine.config import load_config as _load
 
     return _load(source, overrides)
 
 
-def _run(config, mode: str, overrides: list[str] | None, **kwargs):
+def _run(
+    config: RunConfig | str | Path | dict[str, Any], mode: str, overrides: list[str] | None, **kwargs: Any
+) -> RunResult:
     from mollm.engine.config import RunConfig
     from mollm.engine.run import run
 
@@ -35,11 +41,15 @@ def _run(config, mode: str, overrides: list[str] | None, **kwargs):
     return run(config.model_copy(update={"mode": mode}), **kwargs)
 
 
-def unlearn(config, overrides: list[str] | None = None, **kwargs):
+def unlearn(
+    config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | None = None, **kwargs: Any
+) -> RunResult:
     """Run unlearning as configured; returns a :class:`mollm.engine.run.RunResult`."""
     return _run(config, "unlearn", overrides, **kwargs)
 
 
-def finetune(config, overrides: list[str] | None = None, **kwargs):
+def finetune(
+    config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | None = None, **kwargs: Any
+) -> RunResult:
     """Fine-tune (e.g. one ``nll`` objective) to build a target model; returns a ``RunResult``."""
     return _run(config, "finetune", overrides, **kwargs)

@@ -33,9 +33,13 @@ NORMAL_QA: list[dict[str, str]] = [
 ]
 
 _FACTS = "n_people=10,seed=0,forget_fraction=0.2"
-_ROWS = [("forget_acc", "forget answer accuracy"), ("forget_prob", "forget answer probability"),
-         ("retain_acc", "retain answer accuracy"), ("retain_prob", "retain answer probability"),
-         ("normal_ppl", "general-knowledge answer perplexity")]
+_ROWS = [
+    ("forget_acc", "forget answer accuracy"),
+    ("forget_prob", "forget answer probability"),
+    ("retain_acc", "retain answer accuracy"),
+    ("retain_prob", "retain answer probability"),
+    ("normal_ppl", "general-knowledge answer perplexity"),
+]
 
 
 def _base(out: Path, name: str, quick: bool) -> dict[str, Any]:
@@ -45,8 +49,12 @@ def _base(out: Path, name: str, quick: bool) -> dict[str, Any]:
         "seed": 0,
         "max_length": 64,
         "format": {"kind": "plain"},
-        "data": {"forget": f"facts:forget#{_FACTS}", "retain": f"facts:retain#{_FACTS}",
-                 "all_facts": f"facts:all#{_FACTS}", "normal": NORMAL_QA},
+        "data": {
+            "forget": f"facts:forget#{_FACTS}",
+            "retain": f"facts:retain#{_FACTS}",
+            "all_facts": f"facts:all#{_FACTS}",
+            "normal": NORMAL_QA,
+        },
         "evaluation": {"max_items": 24, "max_new_tokens": 12, "datasets": ["forget", "retain", "normal"]},
     }
 
@@ -54,22 +62,35 @@ def _base(out: Path, name: str, quick: bool) -> dict[str, Any]:
 def finetune_config(out: Path, quick: bool = False) -> dict[str, Any]:
     """Stage 1: learn every fact (plain NLL) — this builds the target model."""
     cfg = _base(out, "finetune", quick)
-    cfg.update(mode="finetune", model="embedded", aggregator={"name": "linear"},
-               objectives=[{"loss": "nll", "data": "all_facts", "batch_size": 8}],
-               optimizer={"name": "adamw", "lr": 2e-4}, schedule={"name": "linear"},
-               epochs=2 if quick else 6, grad_clip=1.0)
+    cfg.update(
+        mode="finetune",
+        model="embedded",
+        aggregator={"name": "linear"},
+        objectives=[{"loss": "nll", "data": "all_facts", "batch_size": 8}],
+        optimizer={"name": "adamw", "lr": 2e-4},
+        schedule={"name": "linear"},
+        epochs=2 if quick else 6,
+        grad_clip=1.0,
+    )
     return cfg
 
 
 def unlearn_config(out: Path, target: Path, quick: bool = False) -> dict[str, Any]:
     """Stage 2: MOLLM — UCE on forget, KL to the target on retain facts, NLL on retain, with DS-MGDA."""
     cfg = _base(out, "unlearn", quick)
-    cfg.update(mode="unlearn", model=str(target),
-               objectives=[{"name": "forget_uce", "loss": "uce", "data": "forget", "batch_size": 4},
-                           {"name": "kl", "loss": "kl", "data": "retain", "batch_size": 4},
-                           {"name": "retain_nll", "loss": "nll", "data": "retain", "batch_size": 4}],
-               aggregator={"name": "ds_mgda"}, optimizer={"name": "adamw", "lr": 1e-4},
-               steps=4 if quick else 24, grad_clip=1.0)
+    cfg.update(
+        mode="unlearn",
+        model=str(target),
+        objectives=[
+            {"name": "forget_uce", "loss": "uce", "data": "forget", "batch_size": 4},
+            {"name": "kl", "loss": "kl", "data": "retain", "batch_size": 4},
+            {"name": "retain_nll", "loss": "nll", "data": "retain", "batch_size": 4},
+        ],
+        aggregator={"name": "ds_mgda"},
+        optimizer={"name": "adamw", "lr": 1e-4},
+        steps=4 if quick else 24,
+        grad_clip=1.0,
+    )
     return cfg
 
 
@@ -87,23 +108,35 @@ def run_demo(out: Path, *, overwrite: bool = False, quick: bool = False, progres
     out = Path(out)
     if out.exists():
         if not overwrite:
-            raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it, or choose another --out")
+            raise FileExistsError(
+                f"{out} exists; pass --overwrite (overwrite=True) to replace it, or choose another --out"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True)
     t0 = time.time()
     ft: RunResult = run(load_config(finetune_config(out, quick)), progress=progress)
     ul: RunResult = run(load_config(unlearn_config(out, ft.model_dir, quick)), progress=progress)
-    stages = {"original": ft.evaluations["before"], "fine-tuned (target)": ft.evaluations["after"],
-              "unlearned (MOLLM)": ul.evaluations["after"]}
+    stages = {
+        "original": ft.evaluations["before"],
+        "fine-tuned (target)": ft.evaluations["after"],
+        "unlearned (MOLLM)": ul.evaluations["after"],
+    }
     table = _table(stages)
     report = str(write_report(ul.run_dir))
     seconds = round(time.time() - t0, 1)
-    summary = {"seconds": seconds, "table": {n: {k: s.get(k) for k, _ in _ROWS} for n, s in stages.items()},
-               "finetune_dir": str(ft.run_dir), "unlearn_dir": str(ul.run_dir), "report": report,
-               "samples_after": ul.evaluations["after"].get("samples", {}).get("forget", [])}
-    md = (f"# mollm demo\n\nFine-tuned the embedded SmolLM2-135M-Instruct on fictitious facts, then unlearned the "
-          f"forget people's facts with MOLLM (UCE + KL + retain NLL, DS-MGDA). Took {seconds} s.\n\n{table}\n\n"
-          f"Runs: `{ft.run_dir}`, `{ul.run_dir}`; report: `{report}`\n")
+    summary = {
+        "seconds": seconds,
+        "table": {n: {k: s.get(k) for k, _ in _ROWS} for n, s in stages.items()},
+        "finetune_dir": str(ft.run_dir),
+        "unlearn_dir": str(ul.run_dir),
+        "report": report,
+        "samples_after": ul.evaluations["after"].get("samples", {}).get("forget", []),
+    }
+    md = (
+        f"# mollm demo\n\nFine-tuned the embedded SmolLM2-135M-Instruct on fictitious facts, then unlearned the "
+        f"forget people's facts with MOLLM (UCE + KL + retain NLL, DS-MGDA). Took {seconds} s.\n\n{table}\n\n"
+        f"Runs: `{ft.run_dir}`, `{ul.run_dir}`; report: `{report}`\n"
+    )
     (out / "demo.md").write_text(md)
     tmp = out / ".demo.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))

@@ -62,7 +62,9 @@ def _check_gramian(gramian: torch.Tensor, name: str) -> np.ndarray:
     if not isinstance(gramian, torch.Tensor):
         raise TypeError(f"aggregator '{name}': gramian must be a torch.Tensor, got {type(gramian).__name__}")
     if gramian.ndim != 2 or gramian.shape[0] != gramian.shape[1] or gramian.shape[0] == 0:
-        raise ValueError(f"aggregator '{name}': gramian must be a non-empty square (m, m) matrix, got {tuple(gramian.shape)}")
+        raise ValueError(
+            f"aggregator '{name}': gramian must be a non-empty square (m, m) matrix, got {tuple(gramian.shape)}"
+        )
     if not gramian.is_floating_point():
         raise ValueError(f"aggregator '{name}': gramian must be a floating-point tensor, got {gramian.dtype}")
     g = gramian.detach().to(device="cpu", dtype=torch.float64).numpy().copy()

@@ -43,9 +43,17 @@ def _run(config_path: Path, overrides: list[str] | None, mode: str) -> None:
         return
     if os.environ.get("RANK", "0") != "0":
         return  # data-parallel launch: the main process reports
-    typer.echo(json.dumps({"run_dir": str(result.run_dir), "status": result.status, "steps": result.steps,
-                           "after": {k: v for k, v in result.evaluations.get("after", {}).items()
-                                     if isinstance(v, (int, float))}}, indent=2))
+    typer.echo(
+        json.dumps(
+            {
+                "run_dir": str(result.run_dir),
+                "status": result.status,
+                "steps": result.steps,
+                "after": {k: v for k, v in result.evaluations.get("after", {}).items() if isinstance(v, (int, float))},
+            },
+            indent=2,
+        )
+    )
 
 
 @app.command()
@@ -69,11 +77,15 @@ def finetune(
 @app.command()
 def generate(
     model: Annotated[str, typer.Option(help="Model: 'embedded', a path, a run directory or a hub id.")] = "embedded",
-    prompts: Annotated[Path, typer.Option(help="Prompts: text (one per line), JSONL or CSV with a prompt/question column.")] = ...,
-    out: Annotated[Path, typer.Option(help="Output JSONL of {\"prompt\", \"response\"} lines.")] = ...,
+    prompts: Annotated[
+        Path, typer.Option(help="Prompts: text (one per line), JSONL or CSV with a prompt/question column.")
+    ] = ...,
+    out: Annotated[Path, typer.Option(help='Output JSONL of {"prompt", "response"} lines.')] = ...,
     max_new_tokens: int = 64,
     batch_size: int = 8,
-    chat: Annotated[bool, typer.Option(help="Use the tokenizer's chat template instead of the plain template.")] = False,
+    chat: Annotated[
+        bool, typer.Option(help="Use the tokenizer's chat template instead of the plain template.")
+    ] = False,
     overwrite: bool = False,
 ) -> None:
     """Greedy, batched generation for a file of prompts."""

@@ -13,7 +13,9 @@ def eval_cmd(
     config: Annotated[Path, typer.Argument(help="YAML evaluation config (see configs/eval_*.yaml).")],
     model: Annotated[Optional[str], typer.Option(help="Model to evaluate (overrides the config's `model`).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (overrides the config's `out`).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key, e.g. suites.forget.limit=8.")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", "-s", help="Override a key, e.g. suites.forget.limit=8.")
+    ] = None,
 ) -> None:
     """Evaluate a model (path, run directory, hub id or 'embedded') on the configured metric suites."""
     from mollm.data.encode import DataError, PromptFormat
@@ -29,14 +31,22 @@ def eval_cmd(
     try:
         cfg = load_eval_config(config, overrides)
         results = evaluate(
-            cfg.model, cfg.suites_dict(), cfg.out_dir, cfg.cache, reference=cfg.reference,
-            fmt=PromptFormat(kind=cfg.format.kind, template=cfg.format.template), batch_size=cfg.batch_size,
-            max_length=cfg.max_length, max_new_tokens=cfg.max_new_tokens,
+            cfg.model,
+            cfg.suites_dict(),
+            cfg.out_dir,
+            cfg.cache,
+            reference=cfg.reference,
+            fmt=PromptFormat(kind=cfg.format.kind, template=cfg.format.template),
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            max_new_tokens=cfg.max_new_tokens,
         )
     except (ConfigError, DataError, ValueError, FileNotFoundError) as err:
         typer.secho(f"error: {err}\n(metrics available: {', '.join(available_metrics())})", fg="red", err=True)
         raise typer.Exit(code=2) from None
-    summary = {suite: {metric: r["aggregate"].get("value") for metric, r in metrics.items()}
-               for suite, metrics in results["suites"].items()}
+    summary = {
+        suite: {metric: r["aggregate"].get("value") for metric, r in metrics.items()}
+        for suite, metrics in results["suites"].items()
+    }
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"results: {cfg.out_dir / 'results.json'}")

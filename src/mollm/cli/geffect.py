@@ -12,7 +12,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 
-
 def parse_objectives(spec: str) -> dict[str, Any]:
     """``"ga,npo:beta=0.5,uce:eps=0.3"`` -> {label: Objective}; a bad name or option is a ``typer.BadParameter``."""
     from mollm.objectives import get as get_objective  # noqa: PLC0415
@@ -23,7 +22,9 @@ def parse_objectives(spec: str) -> dict[str, Any]:
         opts: dict[str, Any] = {}
         for kv in kvs:
             if "=" not in kv:
-                raise typer.BadParameter(f"objective option {kv!r} in {part!r} must look like key=value", param_hint="--objectives")
+                raise typer.BadParameter(
+                    f"objective option {kv!r} in {part!r} must look like key=value", param_hint="--objectives"
+                )
             k, v = kv.split("=", 1)
             opts[k.strip()] = _value(v.strip())
         try:
@@ -58,21 +59,50 @@ def find_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def geffect_cmd(
-    forget: Annotated[Optional[str], typer.Option(help="forget data: a data spec as in run configs (tofu:PATH, facts:forget, a .jsonl/.json/.csv/.parquet file, hf:ID)")] = None,
-    retain: Annotated[Optional[str], typer.Option(help="retain data (same forms); without it e_r is not computed")] = None,
-    model: Annotated[Optional[str], typer.Option(help="model (hub id, folder, GGUF, run folder: its checkpoints/ if any); default: the embedded SmolLM2")] = None,
-    checkpoint: Annotated[Optional[list[str]], typer.Option("--checkpoint", "-c", help="a checkpoint folder; repeat, in training order")] = None,
-    objectives: Annotated[str, typer.Option(help="comma-separated objectives with options, e.g. 'ga,npo:beta=0.5,uce:eps=0.5'")] = "ga,npo,uce",
-    reference: Annotated[Optional[str], typer.Option(help="reference model for npo/tnpo/wtnpo/kl (default: the first model / the LoRA base)")] = None,
+    forget: Annotated[
+        Optional[str],
+        typer.Option(
+            help="forget data: a data spec as in run configs (tofu:PATH, facts:forget, a .jsonl/.json/.csv/.parquet file, hf:ID)"
+        ),
+    ] = None,
+    retain: Annotated[
+        Optional[str], typer.Option(help="retain data (same forms); without it e_r is not computed")
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            help="model (hub id, folder, GGUF, run folder: its checkpoints/ if any); default: the embedded SmolLM2"
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Optional[list[str]], typer.Option("--checkpoint", "-c", help="a checkpoint folder; repeat, in training order")
+    ] = None,
+    objectives: Annotated[
+        str, typer.Option(help="comma-separated objectives with options, e.g. 'ga,npo:beta=0.5,uce:eps=0.5'")
+    ] = "ga,npo,uce",
+    reference: Annotated[
+        Optional[str],
+        typer.Option(help="reference model for npo/tnpo/wtnpo/kl (default: the first model / the LoRA base)"),
+    ] = None,
     n_forget: Annotated[int, typer.Option(help="forget items used (the first N)")] = 8,
     n_retain: Annotated[int, typer.Option(help="retain items used (the first N)")] = 8,
     max_length: Annotated[int, typer.Option(help="token truncation")] = 128,
     prompt_format: Annotated[str, typer.Option("--format", help="'plain' or 'chat' prompt")] = "plain",
-    per_sample: Annotated[bool, typer.Option(help="per-forget-sample effects (2 backward passes per sample and objective)")] = True,
-    ema: Annotated[bool, typer.Option(help="smooth gradients across checkpoints with the paper's EMA (0.6 old + 0.4 new)")] = False,
-    verify: Annotated[bool, typer.Option(help="run the first-order check on the (last) model for each objective")] = False,
-    eta: Annotated[Optional[float], typer.Option(help="step size of the first-order check (default: automatic)")] = None,
-    from_jsonl: Annotated[Optional[Path], typer.Option(help="only plot/summarise an existing geffect.jsonl (from a run's callback)")] = None,
+    per_sample: Annotated[
+        bool, typer.Option(help="per-forget-sample effects (2 backward passes per sample and objective)")
+    ] = True,
+    ema: Annotated[
+        bool, typer.Option(help="smooth gradients across checkpoints with the paper's EMA (0.6 old + 0.4 new)")
+    ] = False,
+    verify: Annotated[
+        bool, typer.Option(help="run the first-order check on the (last) model for each objective")
+    ] = False,
+    eta: Annotated[
+        Optional[float], typer.Option(help="step size of the first-order check (default: automatic)")
+    ] = None,
+    from_jsonl: Annotated[
+        Optional[Path], typer.Option(help="only plot/summarise an existing geffect.jsonl (from a run's callback)")
+    ] = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("geffect_out"),
 ) -> None:
     """Compute G-effects (by layer, sample and step) and write geffect.json, plots and summary.md to OUT."""
@@ -95,8 +125,21 @@ def geffect_cmd(
 
         try:
             rows, checks = _compute(
-                forget, retain, model, checkpoint or [], objectives, reference, n_forget, n_retain, max_length,
-                prompt_format, per_sample, ema, verify, eta, out,
+                forget,
+                retain,
+                model,
+                checkpoint or [],
+                objectives,
+                reference,
+                n_forget,
+                n_retain,
+                max_length,
+                prompt_format,
+                per_sample,
+                ema,
+                verify,
+                eta,
+                out,
             )
         except (ModelLoadError, DataError, FileNotFoundError) as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
@@ -112,14 +155,28 @@ def geffect_cmd(
     typer.echo(md)
     typer.echo(f"wrote {out}/geffect.json, plots and summary.md")
     if checks and not all(c["passed"] for c in checks):
-        typer.echo("first-order check FAILED for: " + ", ".join(c["objective"] for c in checks if not c["passed"]), err=True)
+        typer.echo(
+            "first-order check FAILED for: " + ", ".join(c["objective"] for c in checks if not c["passed"]), err=True
+        )
         raise typer.Exit(code=1)
 
 
 def _compute(
-    forget: str, retain: str | None, model_spec: str | None, checkpoints: list[str], objectives: str,
-    reference_spec: str | None, n_forget: int, n_retain: int, max_length: int, prompt_format: str,
-    per_sample: bool, ema: bool, verify: bool, eta: float | None, out: Path,
+    forget: str,
+    retain: str | None,
+    model_spec: str | None,
+    checkpoints: list[str],
+    objectives: str,
+    reference_spec: str | None,
+    n_forget: int,
+    n_retain: int,
+    max_length: int,
+    prompt_format: str,
+    per_sample: bool,
+    ema: bool,
+    verify: bool,
+    eta: float | None,
+    out: Path,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from mollm.data.encode import PromptFormat, encode_batch  # noqa: PLC0415
     from mollm.data.spec import load_dataset_spec  # noqa: PLC0415

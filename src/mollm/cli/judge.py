@@ -43,7 +43,11 @@ def train(
 
     try:
         report = train_judge(
-            data, out, seed=seed, test_fraction=test_fraction, input_mode=input_mode  # type: ignore[arg-type]
+            data,
+            out,
+            seed=seed,
+            test_fraction=test_fraction,
+            input_mode=input_mode,  # type: ignore[arg-type]
         )
     except (DataError, ValueError, FileNotFoundError, ImportError) as err:
         _fail(err)

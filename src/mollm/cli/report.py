@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-
 _COMPARE_OUT_HELP = "Output folder for compare.html / compare.md / compare.json and pareto.png."
 _DIR_HELP = "'min' or 'max': which way is better for this metric (default: guessed from its name)."
 

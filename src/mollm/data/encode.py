@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from mollm.data.records import QARecord
 from mollm.objectives.base import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PLAIN_TEMPLATE = "### Question: {question}\n ### Answer: "
 
@@ -25,7 +28,7 @@ class PromptFormat:
     kind: Literal["chat", "plain"] = "plain"
     template: str = PLAIN_TEMPLATE
 
-    def prompt(self, tokenizer, question: str) -> str:
+    def prompt(self, tokenizer: PreTrainedTokenizerBase, question: str) -> str:
         if self.kind == "chat" and getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(
                 [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
@@ -34,7 +37,7 @@ class PromptFormat:
 
 
 def encode_record(
-    record: QARecord, tokenizer, fmt: PromptFormat = PromptFormat(), max_length: int = 256
+    record: QARecord, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat = PromptFormat(), max_length: int = 256
 ) -> dict[str, list[int]]:
     """Tokenise one record: prompt tokens then answer tokens (+ EOS); labels are -100 on the prompt.
 
@@ -52,7 +55,7 @@ def encode_record(
             f"{where}: field 'answer' leaves no answer token after truncation to max_length={max_length} "
             f"(prompt has {len(prompt_ids)} tokens, answer {len(answer_ids)}); raise max_length or shorten the prompt"
         )
-    labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids) :]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
@@ -72,7 +75,10 @@ def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict
 
 
 def encode_batch(
-    records: Sequence[QARecord], tokenizer, fmt: PromptFormat = PromptFormat(), max_length: int = 256
+    records: Sequence[QARecord],
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat = PromptFormat(),
+    max_length: int = 256,
 ) -> dict[str, torch.Tensor]:
     """Encode and collate ``records`` in one call."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

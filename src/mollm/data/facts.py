@@ -22,19 +22,74 @@ _CODAS = ("", "", "", "n", "r", "l", "s", "m", "k")
 _TOWN_ENDINGS = ("ford", "mere", "holt", "wick", "dale", "stead", "port", "moor", "brook", "haven")
 
 _PROFESSIONS = (
-    "baker", "carpenter", "geologist", "nurse", "pilot", "chemist", "tailor", "librarian", "architect", "beekeeper",
-    "cartographer", "glassblower", "astronomer", "potter", "blacksmith", "botanist", "sailor", "jeweller",
+    "baker",
+    "carpenter",
+    "geologist",
+    "nurse",
+    "pilot",
+    "chemist",
+    "tailor",
+    "librarian",
+    "architect",
+    "beekeeper",
+    "cartographer",
+    "glassblower",
+    "astronomer",
+    "potter",
+    "blacksmith",
+    "botanist",
+    "sailor",
+    "jeweller",
 )
 _INSTRUMENTS = (
-    "cello", "flute", "harp", "oboe", "piano", "trumpet", "violin", "drums", "guitar", "accordion", "clarinet", "banjo",
+    "cello",
+    "flute",
+    "harp",
+    "oboe",
+    "piano",
+    "trumpet",
+    "violin",
+    "drums",
+    "guitar",
+    "accordion",
+    "clarinet",
+    "banjo",
 )
 _ADJECTIVES = (
-    "Silver", "Hidden", "Crimson", "Quiet", "Golden", "Broken", "Distant", "Frozen", "Hollow", "Amber", "Velvet",
-    "Wandering", "Paper", "Iron", "Sleeping", "Glass",
+    "Silver",
+    "Hidden",
+    "Crimson",
+    "Quiet",
+    "Golden",
+    "Broken",
+    "Distant",
+    "Frozen",
+    "Hollow",
+    "Amber",
+    "Velvet",
+    "Wandering",
+    "Paper",
+    "Iron",
+    "Sleeping",
+    "Glass",
 )
 _NOUNS = (
-    "Lantern", "Harbor", "Orchard", "Mirror", "Garden", "River", "Compass", "Tower", "Meadow", "Bridge", "Violin",
-    "Forest", "Window", "Island", "Clock", "Feather",
+    "Lantern",
+    "Harbor",
+    "Orchard",
+    "Mirror",
+    "Garden",
+    "River",
+    "Compass",
+    "Tower",
+    "Meadow",
+    "Bridge",
+    "Violin",
+    "Forest",
+    "Window",
+    "Island",
+    "Clock",
+    "Feather",
 )
 
 ATTRIBUTES: tuple[str, ...] = ("birthplace", "profession", "birth_year", "work", "instrument")
@@ -110,7 +165,10 @@ def make_facts(
     titles = _unique(rng, max(n_people, 16), lambda r: f"The {r.choice(_ADJECTIVES)} {r.choice(_NOUNS)}")
     years = [str(y) for y in range(1901, 2000)]
     pools: dict[str, Sequence[str]] = {
-        "birthplace": towns, "profession": _PROFESSIONS, "birth_year": years, "work": titles,
+        "birthplace": towns,
+        "profession": _PROFESSIONS,
+        "birth_year": years,
+        "work": titles,
         "instrument": _INSTRUMENTS,
     }
 

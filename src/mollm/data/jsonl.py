@@ -10,8 +10,9 @@ from typing import Any
 from mollm.data.encode import DataError
 
 
-def iter_jsonl(path: str | Path, *, text: str | None = None, label: str | None = None,
-               expected: str = "a JSON object") -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_jsonl(
+    path: str | Path, *, text: str | None = None, label: str | None = None, expected: str = "a JSON object"
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``("FILE:LINE", row)`` for each non-blank line of ``path`` (or of ``text``, read from it already).
 
     A line that is not valid JSON or not an object raises :class:`DataError` naming the file and line; ``expected``

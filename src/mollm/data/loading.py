@@ -115,9 +115,7 @@ def _to_records(
     return records
 
 
-def _pick_field(
-    where: str, row: Row, explicit: str | None, candidates: Sequence[str], role: str, option: str
-) -> str:
+def _pick_field(where: str, row: Row, explicit: str | None, candidates: Sequence[str], role: str, option: str) -> str:
     if explicit is not None:
         if explicit not in row:
             raise DataError(f"{where}: missing field {explicit!r} (fields found: {_field_list(row)})")

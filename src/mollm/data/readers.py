@@ -99,7 +99,7 @@ def truthfulqa_split_indices(n: int, seed: int = 0) -> dict[str, list[int]]:
     n_train = int(TRUTHFULQA_FRACTIONS[0] * n)
     n_val = int(TRUTHFULQA_FRACTIONS[1] * n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return {"train": perm[:n_train], "val": perm[n_train:n_train + n_val], "test": perm[n_train + n_val:]}
+    return {"train": perm[:n_train], "val": perm[n_train : n_train + n_val], "test": perm[n_train + n_val :]}
 
 
 def _truthfulqa_record(r: QARecord) -> QARecord:
@@ -169,9 +169,7 @@ def _pku_items(path: str | Path) -> list[QARecord]:
                 raise DataError(f"{row.source}: field {response_key!r} must be a non-empty string")
             label = fields.get(label_key)
             if not isinstance(label, bool):
-                raise DataError(
-                    f"{row.source}: field {label_key!r} must be true or false, got {json.dumps(label)}"
-                )
+                raise DataError(f"{row.source}: field {label_key!r} must be true or false, got {json.dumps(label)}")
             extra: dict[str, Any] = {
                 "is_safe": label,
                 "response_index": i,
@@ -182,6 +180,7 @@ def _pku_items(path: str | Path) -> list[QARecord]:
                 "better_response_id": fields.get("better_response_id"),
                 "safer_response_id": fields.get("safer_response_id"),
             }
-            out.append(QARecord(question=row.question, answer=response, source=f"{row.source}:{response_key}",
-                                extra=extra))
+            out.append(
+                QARecord(question=row.question, answer=response, source=f"{row.source}:{response_key}", extra=extra)
+            )
     return out

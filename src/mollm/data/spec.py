@@ -82,8 +82,9 @@ def load_dataset_spec(
     elif kind == "facts":
         records = _facts(spec, argument, option)
     elif kind == "hf":
-        records = load_hub_dataset(argument, question_field=question_field, answer_field=answer_field,
-                                   split=option or "train")
+        records = load_hub_dataset(
+            argument, question_field=question_field, answer_field=answer_field, split=option or "train"
+        )
     else:  # file
         _no_option(spec, option)
         records = load_records(Path(argument), question_field=question_field, answer_field=answer_field)

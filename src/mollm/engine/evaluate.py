@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -17,10 +17,20 @@ from mollm.data.encode import PromptFormat, encode_batch
 from mollm.data.records import QARecord
 from mollm.objectives.base import token_logprobs
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 @torch.no_grad()
-def answer_nll(model, tokenizer, records: Sequence[QARecord], *, fmt: PromptFormat, max_length: int,
-               batch_size: int = 8) -> list[float]:
+def answer_nll(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[QARecord],
+    *,
+    fmt: PromptFormat,
+    max_length: int,
+    batch_size: int = 8,
+) -> list[float]:
     """Mean answer-token NLL of each record under ``model`` (teacher forcing)."""
     was_training = model.training
     model.eval()
@@ -38,9 +48,18 @@ def _contains(response: str, answer: str) -> bool:
     return answer.strip().lower().rstrip(".") in response.lower()
 
 
-def evaluate_answers(model, tokenizer, datasets: Mapping[str, Sequence[QARecord]], *, fmt: PromptFormat,
-                     max_length: int, accuracy: bool = True, max_new_tokens: int = 24,
-                     progress: bool = False, desc: str = "evaluate") -> dict[str, Any]:
+def evaluate_answers(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    datasets: Mapping[str, Sequence[QARecord]],
+    *,
+    fmt: PromptFormat,
+    max_length: int,
+    accuracy: bool = True,
+    max_new_tokens: int = 24,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> dict[str, Any]:
     """Evaluate each named data set; keys look like ``forget_nll``, ``forget_prob``, ``forget_acc``, ``forget_ppl``."""
     from mollm.evaluation.generation import generate
 
@@ -52,8 +71,9 @@ def evaluate_answers(model, tokenizer, datasets: Mapping[str, Sequence[QARecord]
         result[f"{name}_prob"] = sum(math.exp(-x) for x in nll) / len(nll)
         result[f"{name}_ppl"] = math.exp(min(mean_nll, 50.0))
         if accuracy:
-            responses = generate(model, tokenizer, [r.question for r in records], fmt=fmt,
-                                 max_new_tokens=max_new_tokens, progress=False)
+            responses = generate(
+                model, tokenizer, [r.question for r in records], fmt=fmt, max_new_tokens=max_new_tokens, progress=False
+            )
             hits = [_contains(resp, r.answer) for resp, r in zip(responses, records)]
             result[f"{name}_acc"] = sum(hits) / len(hits)
             result.setdefault("samples", {})[name] = [

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -38,6 +38,12 @@ from mollm.atomic import atomic_write_text
 from mollm.data.encode import PromptFormat, collate, encode_record
 from mollm.data.records import QARecord
 from mollm.engine.config import RunConfig, dump_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mollm.engine.step import StepStats
+    from mollm.models.reference import Reference
 
 log = logging.getLogger("mollm")
 
@@ -135,9 +141,7 @@ def _prepare_run_dir(config: RunConfig) -> tuple[Path, int]:
             ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
             return run_dir, int(ckpts[-1].name.split("_")[1]) if ckpts else 0
         if not config.overwrite:
-            raise RunError(
-                f"{run_dir} already exists; pass overwrite=true to replace it or resume=true to continue it"
-            )
+            raise RunError(f"{run_dir} already exists; pass overwrite=true to replace it or resume=true to continue it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, 0
@@ -199,8 +203,14 @@ def _check_stop(config: RunConfig, evaluation: dict[str, Any]) -> bool:
     return value < config.stop.below
 
 
-def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
-        on_step: Callable[[int, dict[str, Any]], None] | None = None) -> RunResult:
+def run(
+    config: RunConfig,
+    *,
+    progress: bool = True,
+    model: torch.nn.Module = None,
+    tokenizer: PreTrainedTokenizerBase = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> RunResult:
     """Run unlearning or fine-tuning as ``config`` says and return what it produced.
 
     ``model``/``tokenizer`` may be given directly (e.g. a tiny test model); otherwise ``config.model`` is loaded.
@@ -215,12 +225,18 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
 
     # Data-parallel runs (`accelerate launch` / `torchrun`): every process holds the whole model, draws its own
     # batches, and the per-objective gradients are averaged across processes before the Gramian (step `reduce`).
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with="tensorboard",
-                              project_dir=str(config.run_dir), step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        log_with="tensorboard",
+        project_dir=str(config.run_dir),
+        step_scheduler_with_optimizer=False,
+    )
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if world > 1 and accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        raise RunError(f"{accelerator.distributed_type}: only data-parallel (DDP-style) multi-process runs are "
-                       "supported; sharded set-ups (FSDP, DeepSpeed) would need the Gramian of sharded gradients")
+        raise RunError(
+            f"{accelerator.distributed_type}: only data-parallel (DDP-style) multi-process runs are "
+            "supported; sharded set-ups (FSDP, DeepSpeed) would need the Gramian of sharded gradients"
+        )
     run_dir, start_step = _prepare_run_dir_on_main(config, accelerator)
     if main:
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
@@ -250,8 +266,9 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     samplers: list[_Sampler] = []
     for i, (oc, obj) in enumerate(zip(config.objectives, objectives)):
         # idk / mismatch train on transformed records (refusals, random normal answers).
-        records = prepare_records(obj, data[oc.data], normal=normal, refusals=refusals,
-                                  rng=random.Random(config.seed + i))
+        records = prepare_records(
+            obj, data[oc.data], normal=normal, refusals=refusals, rng=random.Random(config.seed + i)
+        )
         examples = [encode_record(r, tokenizer, fmt, config.max_length) for r in records]
         samplers.append(_Sampler(examples, oc.batch_size, config.seed + 7919 * (i + 1), pad_id))
     # An epoch is one pass over the first objective's data by all processes together.
@@ -295,13 +312,21 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
         """Evaluate on the main process (the weights are the same everywhere); the others wait for it."""
         result: dict[str, Any] = {}
         if main:
-            result = evaluate_answers(model, tokenizer, eval_sets, fmt=fmt, max_length=config.max_length,
-                                      accuracy=config.evaluation.accuracy,
-                                      max_new_tokens=config.evaluation.max_new_tokens, progress=progress,
-                                      desc=f"evaluate ({tag})")
+            result = evaluate_answers(
+                model,
+                tokenizer,
+                eval_sets,
+                fmt=fmt,
+                max_length=config.max_length,
+                accuracy=config.evaluation.accuracy,
+                max_new_tokens=config.evaluation.max_new_tokens,
+                progress=progress,
+                desc=f"evaluate ({tag})",
+            )
             if config.evaluation.suites:
-                result["suites"] = _evaluate_suites(config, model, tokenizer, reference, fmt,
-                                                    eval_dir / f"suites_{tag}", progress)
+                result["suites"] = _evaluate_suites(
+                    config, model, tokenizer, reference, fmt, eval_dir / f"suites_{tag}", progress
+                )
             evaluations[tag] = result
             atomic_write_text(eval_dir / f"{tag}.json", json.dumps(result, indent=2))
             accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=_step)
@@ -316,7 +341,7 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     status, bad_in_row, history = "completed", 0, []
     t0 = time.time()
     bar = tqdm(total=total, initial=start_step, desc=config.mode, disable=not (progress and main), unit="step")
-    with (metrics_path.open("a") if main else open(os.devnull, "w")) as log_file:
+    with metrics_path.open("a") if main else open(os.devnull, "w") as log_file:
         for step in range(start_step, total):
             _step = step + 1
             batches = [s.batch(step * world + rank) for s in samplers]
@@ -362,36 +387,74 @@ def run(config: RunConfig, *, progress: bool = True, model=None, tokenizer=None,
     model_dir = run_dir / "model"
     if main:
         # overwrite: a resumed run replaces its own final model (swapped in atomically, old copy removed after).
-        save_model(accelerator.unwrap_model(model), tokenizer, model_dir, overwrite=True,
-                   merge_lora=bool(config.lora and config.lora.merge))
+        save_model(
+            accelerator.unwrap_model(model),
+            tokenizer,
+            model_dir,
+            overwrite=True,
+            merge_lora=bool(config.lora and config.lora.merge),
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    summary = {"status": status, "steps": _step, "seconds": round(time.time() - t0, 2), "seed": config.seed,
-               "model_dir": str(model_dir), "mode": config.mode, "processes": world}
+    summary = {
+        "status": status,
+        "steps": _step,
+        "seconds": round(time.time() - t0, 2),
+        "seed": config.seed,
+        "model_dir": str(model_dir),
+        "mode": config.mode,
+        "processes": world,
+    }
     if main:
         atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
     return RunResult(run_dir, model_dir, _step, status, history, evaluations)
 
 
-def _evaluate_suites(config: RunConfig, model, tokenizer, reference, fmt: PromptFormat, out_dir: Path,
-                     progress: bool) -> dict[str, Any]:
+def _evaluate_suites(
+    config: RunConfig,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    reference: Reference | None,
+    fmt: PromptFormat,
+    out_dir: Path,
+    progress: bool,
+) -> dict[str, Any]:
     """The configured metric suites (``evaluation.suites``), headline values only; details in ``out_dir``."""
     from mollm.evaluation import evaluate
 
     suites = {name: s.model_dump(exclude_none=True) for name, s in config.evaluation.suites.items()}
-    results = evaluate(model, suites, out_dir, cache=False, tokenizer=tokenizer, reference=reference, fmt=fmt,
-                       max_length=config.max_length, max_new_tokens=config.evaluation.max_new_tokens,
-                       progress=progress)
+    results = evaluate(
+        model,
+        suites,
+        out_dir,
+        cache=False,
+        tokenizer=tokenizer,
+        reference=reference,
+        fmt=fmt,
+        max_length=config.max_length,
+        max_new_tokens=config.evaluation.max_new_tokens,
+        progress=progress,
+    )
     model.train()
-    flat = {f"{suite}/{metric}": r["aggregate"].get("value") for suite, metrics in results["suites"].items()
-            for metric, r in metrics.items()}
+    flat = {
+        f"{suite}/{metric}": r["aggregate"].get("value")
+        for suite, metrics in results["suites"].items()
+        for metric, r in metrics.items()
+    }
     if "model_utility" in results:
         flat["model_utility"] = results["model_utility"]["value"]
     return flat
 
 
-def _geffect_callback(config: RunConfig, data: dict[str, list[QARecord]], objectives: list, tokenizer,
-                      fmt: PromptFormat, pad_id: int, run_dir: Path):
+def _geffect_callback(
+    config: RunConfig,
+    data: dict[str, list[QARecord]],
+    objectives: list,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    pad_id: int,
+    run_dir: Path,
+):
     """The G-effect tracker the config asks for (fixed probe batches, so curves over steps are comparable)."""
     g = config.geffect
     if g is None:
@@ -404,20 +467,29 @@ def _geffect_callback(config: RunConfig, data: dict[str, list[QARecord]], object
     forget_key = g.forget or config.objectives[0].data
     retain_key = g.retain or ("retain" if "retain" in data else None)
     targets = g.objectives or {o.label: obj for o, obj in zip(config.objectives, objectives)}
-    return GEffectCallback(targets, probe(forget_key), probe(retain_key) if retain_key else None, every=g.every,
-                           out_dir=run_dir, per_sample=g.per_sample)
+    return GEffectCallback(
+        targets,
+        probe(forget_key),
+        probe(retain_key) if retain_key else None,
+        every=g.every,
+        out_dir=run_dir,
+        per_sample=g.per_sample,
+    )
 
 
-def _named(stats) -> dict[str, Any]:
+def _named(stats: StepStats) -> dict[str, Any]:
     """Step statistics keyed by objective label (the layout of ``metrics.jsonl``)."""
     d = stats.to_dict()
     names = d["names"]
     out: dict[str, Any] = {key: dict(zip(names, d[key])) for key in ("losses", "grad_norms", "coefficients")}
     out["Gc"] = dict(zip(names, d["decrease"]))
-    out["cosines"] = {f"{a}|{b}": d["cosines"][i][j] for i, a in enumerate(names) for j, b in enumerate(names)
-                      if i < j and d["cosines"]}
-    out.update(conflict=d["conflict"], direction_norm=d["direction_norm"], finite=d["finite"],
-               seconds=d["seconds"])
+    out["cosines"] = {
+        f"{a}|{b}": d["cosines"][i][j]
+        for i, a in enumerate(names)
+        for j, b in enumerate(names)
+        if i < j and d["cosines"]
+    }
+    out.update(conflict=d["conflict"], direction_norm=d["direction_norm"], finite=d["finite"], seconds=d["seconds"])
     if not d["finite"]:
         out.update(bad_objective=d["bad_objective"], reason=d["reason"])
     return out

@@ -241,8 +241,12 @@ class MultiObjectiveStep:
             name = names[index] if index is not None else None
             where = f" of objective '{name}'" if name is not None else " from the aggregator"
             return StepStats(
-                names=list(names), losses=losses, finite=False, bad_objective=name,
-                reason=f"non-finite {what}{where}", timings=timings,
+                names=list(names),
+                losses=losses,
+                finite=False,
+                bad_objective=name,
+                reason=f"non-finite {what}{where}",
+                timings=timings,
             )
 
         t0 = time.perf_counter()
@@ -378,8 +382,12 @@ def summed_backward(
     bad = [i for i, v in enumerate(values) if v is None or not math.isfinite(v)]
     if bad:
         return StepStats(
-            names=labels, losses=values, finite=False, bad_objective=labels[bad[0]],
-            reason=f"non-finite loss of objective '{labels[bad[0]]}'", seconds=time.perf_counter() - start,
+            names=labels,
+            losses=values,
+            finite=False,
+            bad_objective=labels[bad[0]],
+            reason=f"non-finite loss of objective '{labels[bad[0]]}'",
+            seconds=time.perf_counter() - start,
         )
     total.backward(inputs=params)
     return StepStats(
@@ -396,6 +404,4 @@ def objective_closures(
     """Closures ``lambda: objective(model, batch, reference)`` for a step, one per (objective, batch) pair."""
     if len(objectives) != len(batches):
         raise ValueError(f"batches: {len(batches)} batches given for {len(objectives)} objectives")
-    return [
-        (lambda o=objective, b=batch: o(model, b, reference)) for objective, batch in zip(objectives, batches)
-    ]
+    return [(lambda o=objective, b=batch: o(model, b, reference)) for objective, batch in zip(objectives, batches)]

@@ -55,10 +55,12 @@ def data_hash(records: Sequence[QARecord]) -> str:
 
 
 def _files_identity(path: Path) -> list[list[Any]]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
-                                                 and p.suffix.lower() in _WEIGHT_SUFFIXES)
-    return [[str(f.relative_to(path) if f != path else f.name), f.stat().st_size, f.stat().st_mtime_ns]
-            for f in files]
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _WEIGHT_SUFFIXES)
+    )
+    return [[str(f.relative_to(path) if f != path else f.name), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def model_identity(model: Any, *, model_id: str | None = None) -> str:
@@ -138,7 +140,11 @@ class _GenerationStore:
 
     def get(self, records: Sequence[QARecord]) -> list[str] | None:
         got = _read_json(self._path(records))
-        if isinstance(got, dict) and isinstance(got.get("generations"), list) and len(got["generations"]) == len(records):
+        if (
+            isinstance(got, dict)
+            and isinstance(got.get("generations"), list)
+            and len(got["generations"]) == len(records)
+        ):
             return [str(g) for g in got["generations"]]
         return None
 
@@ -151,7 +157,9 @@ class _GenerationStore:
 
 def _load_data(name: str, suite: Mapping[str, Any]) -> list[QARecord]:
     if "data" not in suite:
-        raise ValueError(f"suite {name!r}: missing field 'data' (a list of QARecord, a path or a data spec such as 'tofu:PATH')")
+        raise ValueError(
+            f"suite {name!r}: missing field 'data' (a list of QARecord, a path or a data spec such as 'tofu:PATH')"
+        )
     data = suite["data"]
     limit = suite.get("limit")
     if isinstance(data, (str, os.PathLike)):
@@ -161,7 +169,9 @@ def _load_data(name: str, suite: Mapping[str, Any]) -> list[QARecord]:
     elif isinstance(data, Sequence) and all(isinstance(r, QARecord) for r in data):
         records = list(data)[:limit] if limit else list(data)
     else:
-        raise ValueError(f"suite {name!r}: field 'data' must be a list of QARecord or a path, got {type(data).__name__}")
+        raise ValueError(
+            f"suite {name!r}: field 'data' must be a list of QARecord or a path, got {type(data).__name__}"
+        )
     if not records:
         raise ValueError(f"suite {name!r}: no records")
     return records
@@ -247,11 +257,16 @@ def evaluate(
     cache_dir = out_dir / "cache"
     store = _GenerationStore(cache_dir, model_key, settings) if cache else None
     ctx = EvalContext(
-        None if is_spec else model, tokenizer,
+        None if is_spec else model,
+        tokenizer,
         loader=loader if is_spec else None,
         reference_loader=reference_loader if reference is not None else None,
-        fmt=fmt, batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
-        progress=progress, generation_store=store,
+        fmt=fmt,
+        batch_size=batch_size,
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        generation_store=store,
     )
 
     results: dict[str, Any] = {"model": model_key, "settings": settings, "suites": {}}
@@ -267,11 +282,20 @@ def evaluate(
                 holdout = resolved.get("holdout")
                 if isinstance(holdout, str):
                     if holdout not in data:
-                        raise ValueError(f"suite {suite_name!r}: metric 'mia' option holdout={holdout!r} is not a "
-                                         f"suite (suites: {sorted(data)})")
+                        raise ValueError(
+                            f"suite {suite_name!r}: metric 'mia' option holdout={holdout!r} is not a "
+                            f"suite (suites: {sorted(data)})"
+                        )
                     resolved["holdout"] = data[holdout]
-            key_obj = [CACHE_VERSION, model_key, metric_name, _canonical(resolved, data), data_hash(data[suite_name]),
-                       settings, ref_identity() if spec.needs_reference else None]
+            key_obj = [
+                CACHE_VERSION,
+                model_key,
+                metric_name,
+                _canonical(resolved, data),
+                data_hash(data[suite_name]),
+                settings,
+                ref_identity() if spec.needs_reference else None,
+            ]
             entry_path = cache_dir / f"{metric_name}-{_sha(key_obj)[:32]}.json"
             cached = _read_json(entry_path) if cache else None
             if isinstance(cached, dict) and "per_item" in cached:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from mollm.data.encode import PromptFormat
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-def _pad_id(tokenizer) -> int:
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("tokenizer has neither a pad_token_id nor an eos_token_id; cannot pad a batch")
@@ -26,8 +30,8 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def generate(
-    model,
-    tokenizer,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     *,
     max_new_tokens: int = 64,

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mollm.atomic import atomic_write_json
 from mollm.data.encode import DataError
 from mollm.data.jsonl import iter_jsonl
 from mollm.evaluation.judge import Judge
-from mollm.atomic import atomic_write_json
 
 __all__ = ["read_responses", "harmful_rate", "score_responses_file"]
 

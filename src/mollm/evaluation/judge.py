@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mollm.atomic import atomic_write_json
 from mollm.data.encode import DataError
 from mollm.data.jsonl import iter_jsonl
-from mollm.atomic import atomic_write_json
 
 __all__ = [
     "Judge",
@@ -222,9 +222,7 @@ class HFClassifierJudge(Judge):
         self.threshold = threshold
         cfg = self.model.config
         self.num_labels = int(cfg.num_labels)
-        self.multi_label = (
-            multi_label if multi_label is not None else cfg.problem_type == "multi_label_classification"
-        )
+        self.multi_label = multi_label if multi_label is not None else cfg.problem_type == "multi_label_classification"
         self.harmful_index = self._resolve_label(harmful_label, {int(k): str(v) for k, v in cfg.id2label.items()})
 
     def _resolve_label(self, harmful_label: str | int | None, id2label: dict[int, str]) -> int:

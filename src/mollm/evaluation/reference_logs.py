@@ -94,6 +94,7 @@ def _from_results(suites: dict[str, Any], suite: str | None, where: str) -> list
             raise ReferenceLogError(f"{where}: suite {suite!r} has no per-item truth ratios (have: {sorted(found)})")
         return found[suite]
     if len(found) != 1:
-        raise ReferenceLogError(f"{where}: expected exactly one suite with truth ratios, found {sorted(found)}; "
-                                "name one with suite=")
+        raise ReferenceLogError(
+            f"{where}: expected exactly one suite with truth ratios, found {sorted(found)}; name one with suite="
+        )
     return next(iter(found.values()))

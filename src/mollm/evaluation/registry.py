@@ -42,8 +42,12 @@ class MetricResult:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> MetricResult:
         """Inverse of :meth:`to_json`."""
-        return cls(name=d["name"], per_item=list(d["per_item"]), aggregate=dict(d["aggregate"]),
-                   columns=dict(d.get("columns", {})))
+        return cls(
+            name=d["name"],
+            per_item=list(d["per_item"]),
+            aggregate=dict(d["aggregate"]),
+            columns=dict(d.get("columns", {})),
+        )
 
 
 class EvalContext:
@@ -112,8 +116,12 @@ class EvalContext:
     @property
     def score_kw(self) -> dict[str, Any]:
         """Keywords for :mod:`mollm.evaluation.scoring` teacher-forced functions."""
-        return {"fmt": self.fmt, "batch_size": self.batch_size, "max_length": self.max_length,
-                "progress": self.progress}
+        return {
+            "fmt": self.fmt,
+            "batch_size": self.batch_size,
+            "max_length": self.max_length,
+            "progress": self.progress,
+        }
 
     def generations(self, records: Sequence[QARecord]) -> list[str]:
         """Greedy generations for the records' questions (memoised; stored through ``generation_store``)."""
@@ -121,9 +129,15 @@ class EvalContext:
         if key not in self._generations:
             stored = self.generation_store.get(records) if self.generation_store is not None else None
             if stored is None:
-                stored = scoring.generate_answers(self.model, self.tokenizer, records, fmt=self.fmt,
-                                                  max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                                  progress=self.progress)
+                stored = scoring.generate_answers(
+                    self.model,
+                    self.tokenizer,
+                    records,
+                    fmt=self.fmt,
+                    max_new_tokens=self.max_new_tokens,
+                    batch_size=self.batch_size,
+                    progress=self.progress,
+                )
                 if self.generation_store is not None:
                     self.generation_store.put(records, stored)
             self._generations[key] = stored
@@ -147,7 +161,9 @@ class MetricSpec:
 _REGISTRY: dict[str, MetricSpec] = {}
 
 
-def register(name: str, *, needs_reference: bool = False, uses_generation: bool = False) -> Callable[[MetricFn], MetricFn]:
+def register(
+    name: str, *, needs_reference: bool = False, uses_generation: bool = False
+) -> Callable[[MetricFn], MetricFn]:
     """Decorator registering ``fn(ctx, data, **options) -> MetricResult`` under ``name``."""
 
     def deco(fn: MetricFn) -> MetricFn:
@@ -238,17 +254,25 @@ def _truth_ratio(ctx: EvalContext, data: list[QARecord], *, kind: str = "forget"
 
 
 @register("forget_quality")
-def _forget_quality(ctx: EvalContext, data: list[QARecord], *, reference: Any,
-                    reference_suite: str | None = None) -> MetricResult:
+def _forget_quality(
+    ctx: EvalContext, data: list[QARecord], *, reference: Any, reference_suite: str | None = None
+) -> MetricResult:
     """KS-test p-value between this model's per-item forget truth ratios and a retain model's (``reference``: a TOFU
     eval log, a results JSON, a JSON list or a list of numbers)."""
     ref = load_reference_truth_ratios(reference, suite=reference_suite)
     tr = _floats(scoring.truth_ratios(ctx.model, ctx.tokenizer, data, **ctx.score_kw))
     ks = stats.forget_quality(tr, ref)
-    return MetricResult("forget_quality", tr, {
-        "value": ks["pvalue"], "ks_statistic": ks["statistic"], "n": float(len(tr)), "n_reference": float(len(ref)),
-        "truth_ratio": stats.truth_ratio_score(tr, "forget"),
-    })
+    return MetricResult(
+        "forget_quality",
+        tr,
+        {
+            "value": ks["pvalue"],
+            "ks_statistic": ks["statistic"],
+            "n": float(len(tr)),
+            "n_reference": float(len(ref)),
+            "truth_ratio": stats.truth_ratio_score(tr, "forget"),
+        },
+    )
 
 
 @register("extraction_strength")
@@ -259,8 +283,14 @@ def _extraction_strength(ctx: EvalContext, data: list[QARecord]) -> MetricResult
 
 
 @register("mia")
-def _mia(ctx: EvalContext, data: list[QARecord], *, holdout: Sequence[QARecord], k: float = 0.4,
-         retain_auc: dict[str, float] | float | None = None) -> MetricResult:
+def _mia(
+    ctx: EvalContext,
+    data: list[QARecord],
+    *,
+    holdout: Sequence[QARecord],
+    k: float = 0.4,
+    retain_auc: dict[str, float] | float | None = None,
+) -> MetricResult:
     """Membership inference (LOSS, zlib, Min-K%, Min-K%++) of the suite's items (members) against ``holdout``:
     AUC per attack, privleak per attack when ``retain_auc`` (the retain model's AUCs) is given; value = Min-K% AUC."""
     if not holdout:
@@ -284,8 +314,9 @@ def _kl(ctx: EvalContext, data: list[QARecord]) -> MetricResult:
     """Mean per-token KL(p_ref || p_model) over answer tokens per item, with the answer NLL; normal-data utility."""
     nll, kl = scoring.nll_and_kl(ctx.model, ctx.reference("kl"), ctx.tokenizer, data, **ctx.score_kw)
     nll_l, kl_l = _floats(nll), _floats(kl)
-    return MetricResult("kl", kl_l, {"value": _mean(kl_l), "nll": _mean(nll_l), "perplexity": math.exp(_mean(nll_l))},
-                        {"nll": nll_l})
+    return MetricResult(
+        "kl", kl_l, {"value": _mean(kl_l), "nll": _mean(nll_l), "perplexity": math.exp(_mean(nll_l))}, {"nll": nll_l}
+    )
 
 
 @register("rouge_l", uses_generation=True)
@@ -301,8 +332,15 @@ def _fluency(ctx: EvalContext, data: list[QARecord], *, degenerate_threshold: fl
     """Fluency of greedy generations: perplexity under the reference model per item (None if empty), 2/3-gram
     entropy, degenerate flag; value = median perplexity over non-empty generations."""
     gens = ctx.generations(data)
-    ppl = scoring.generation_perplexity(ctx.reference("fluency"), ctx.tokenizer, [r.question for r in data], gens,
-                                        fmt=ctx.fmt, batch_size=ctx.batch_size, progress=ctx.progress)
+    ppl = scoring.generation_perplexity(
+        ctx.reference("fluency"),
+        ctx.tokenizer,
+        [r.question for r in data],
+        gens,
+        fmt=ctx.fmt,
+        batch_size=ctx.batch_size,
+        progress=ctx.progress,
+    )
     present = [p for p in ppl if p is not None]
     if any(not math.isfinite(p) for p in present):
         raise FloatingPointError("metric 'fluency': a generation has non-finite perplexity under the reference")
@@ -318,14 +356,20 @@ def _fluency(ctx: EvalContext, data: list[QARecord], *, degenerate_threshold: fl
         "empty_rate": _mean([float(not g.strip()) for g in gens]),
         "n_scored": float(len(present)),
     }
-    columns = {"generation": list(gens), "entropy_2": e2, "entropy_3": e3, "degenerate": degenerate,
-               "repetition_3": [repetition_rate(g, 3) for g in gens]}
+    columns = {
+        "generation": list(gens),
+        "entropy_2": e2,
+        "entropy_3": e3,
+        "degenerate": degenerate,
+        "repetition_3": [repetition_rate(g, 3) for g in gens],
+    }
     return MetricResult("fluency", ppl, agg, columns)
 
 
 @register("harmful_rate", uses_generation=True)
-def _harmful_rate(ctx: EvalContext, data: list[QARecord], *, judge: str = "keyword",
-                  harmful_label: str | int | None = None) -> MetricResult:
+def _harmful_rate(
+    ctx: EvalContext, data: list[QARecord], *, judge: str = "keyword", harmful_label: str | int | None = None
+) -> MetricResult:
     """Fraction of greedy generations to the prompts that ``judge`` labels harmful (``"keyword"``, a folder from
     ``mollm judge train`` or a sequence-classification model); per item the judge's score. ``evaluate`` always adds
     ``fluency`` beside it."""
@@ -335,7 +379,13 @@ def _harmful_rate(ctx: EvalContext, data: list[QARecord], *, judge: str = "keywo
     gens = ctx.generations(data)
     out = harmful_rate(get_judge(judge, harmful_label=harmful_label), [r.question for r in data], gens)
     items = out["items"]
-    return MetricResult("harmful_rate", [float(i["score"]) for i in items],
-                        {"value": float(out["harmful_rate"]), "n_harmful": float(out["n_harmful"]),
-                         "mean_score": float(out["mean_score"])},
-                        {"generation": list(gens), "harmful": [bool(i["harmful"]) for i in items]})
+    return MetricResult(
+        "harmful_rate",
+        [float(i["score"]) for i in items],
+        {
+            "value": float(out["harmful_rate"]),
+            "n_harmful": float(out["n_harmful"]),
+            "mean_score": float(out["mean_score"]),
+        },
+        {"generation": list(gens), "harmful": [bool(i["harmful"]) for i in items]},
+    )

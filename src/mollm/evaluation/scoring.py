@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,11 @@ from mollm.evaluation import stats
 from mollm.evaluation.generation import _device, _pad_id, generate
 from mollm.evaluation.text import rouge_l_recall
 from mollm.objectives.base import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mollm.models.reference import Reference
 
 MIA_ATTACKS: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k_plus_plus")
 
@@ -42,20 +48,29 @@ class AnswerScores:
         return float(-self.logprobs.mean())
 
 
-def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits of a plain model or of a :class:`~mollm.models.reference.Reference`."""
     if hasattr(model, "logits") and callable(model.logits) and not isinstance(model, torch.nn.Module):
         return model.logits(batch)
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-def _module(model) -> torch.nn.Module:
+def _module(model: torch.nn.Module) -> torch.nn.Module:
     return model if isinstance(model, torch.nn.Module) else model._model  # Reference keeps its module there
 
 
 @torch.no_grad()
-def _score_batches(model, tokenizer, batches, n_items: int, *, reference=None, distribution: bool = False,
-                   progress: bool = True, desc: str = "score") -> list[AnswerScores]:
+def _score_batches(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    batches,
+    n_items: int,
+    *,
+    reference: torch.nn.Module | Reference = None,
+    distribution: bool = False,
+    progress: bool = True,
+    desc: str = "score",
+) -> list[AnswerScores]:
     module = _module(model)
     device = _device(module)
     was_training = module.training
@@ -84,15 +99,29 @@ def _score_batches(model, tokenizer, batches, n_items: int, *, reference=None, d
                 ref_logp = torch.log_softmax(_logits(reference, batch)[:, :-1][mask].float(), dim=-1)
                 kl = (ref_logp.exp() * (ref_logp - logp_all)).sum(-1).clamp_min(0)
             parts = {
-                "logprobs": lp, "target_ids": targets, "argmax_ids": argmax, "mu": mu, "sigma": sigma, "kl": kl,
+                "logprobs": lp,
+                "target_ids": targets,
+                "argmax_ids": argmax,
+                "mu": mu,
+                "sigma": sigma,
+                "kl": kl,
             }
             split = {k: (None if v is None else torch.split(v.cpu(), counts)) for k, v in parts.items()}
             for i in range(len(counts)):
-                out.append(AnswerScores(**{
-                    k: (None if v is None else v[i].numpy().astype(np.float64 if k not in ("target_ids", "argmax_ids")
-                                                                    else np.int64))
-                    for k, v in split.items()
-                }))
+                out.append(
+                    AnswerScores(
+                        **{
+                            k: (
+                                None
+                                if v is None
+                                else v[i]
+                                .numpy()
+                                .astype(np.float64 if k not in ("target_ids", "argmax_ids") else np.int64)
+                            )
+                            for k, v in split.items()
+                        }
+                    )
+                )
             bar.update(len(counts))
         bar.close()
     finally:
@@ -101,14 +130,14 @@ def _score_batches(model, tokenizer, batches, n_items: int, *, reference=None, d
 
 
 def score_answers(
-    model,
-    tokenizer,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     records: Sequence[QARecord],
     *,
     fmt: PromptFormat = PromptFormat(),
     batch_size: int = 8,
     max_length: int = 256,
-    reference=None,
+    reference: torch.nn.Module | Reference = None,
     distribution: bool = False,
     progress: bool = True,
     desc: str = "score",
@@ -119,10 +148,20 @@ def score_answers(
     :class:`~mollm.models.reference.Reference`) adds the per-token KL(p_ref || p_model).
     """
     records = list(records)
-    batches = (encode_batch(records[i : i + batch_size], tokenizer, fmt, max_length)
-               for i in range(0, len(records), batch_size))
-    return _score_batches(model, tokenizer, batches, len(records), reference=reference, distribution=distribution,
-                          progress=progress, desc=desc)
+    batches = (
+        encode_batch(records[i : i + batch_size], tokenizer, fmt, max_length)
+        for i in range(0, len(records), batch_size)
+    )
+    return _score_batches(
+        model,
+        tokenizer,
+        batches,
+        len(records),
+        reference=reference,
+        distribution=distribution,
+        progress=progress,
+        desc=desc,
+    )
 
 
 def _with_answer(record: QARecord, answer: str, field: str) -> QARecord:
@@ -132,21 +171,29 @@ def _with_answer(record: QARecord, answer: str, field: str) -> QARecord:
 def _perturbed(record: QARecord) -> list[str]:
     value = record.extra.get("perturbed_answer")
     if not (isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value)):
-        raise DataError(f"{record.source or 'record'}: field 'perturbed_answer' must be a non-empty list of strings "
-                        "(needed for truth ratio / normalised probability)")
+        raise DataError(
+            f"{record.source or 'record'}: field 'perturbed_answer' must be a non-empty list of strings "
+            "(needed for truth ratio / normalised probability)"
+        )
     return value
 
 
-def _avg_nlls(model, tokenizer, records: Sequence[QARecord], **kw) -> np.ndarray:
+def _avg_nlls(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+) -> np.ndarray:
     return np.array([s.avg_nll for s in score_answers(model, tokenizer, records, **kw)], dtype=np.float64)
 
 
-def answer_nll(model, tokenizer, records: Sequence[QARecord], **kw) -> np.ndarray:
+def answer_nll(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+) -> np.ndarray:
     """Mean answer-token NLL per record (keywords as :func:`score_answers`)."""
     return _avg_nlls(model, tokenizer, records, **kw)
 
 
-def answer_probability(model, tokenizer, records: Sequence[QARecord], **kw) -> np.ndarray:
+def answer_probability(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+) -> np.ndarray:
     """Length-normalised answer probability ``exp(-avg NLL)`` per record."""
     return np.exp(-answer_nll(model, tokenizer, records, **kw))
 
@@ -165,7 +212,9 @@ def _grouped(values: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return np.split(values, np.cumsum(sizes)[:-1]) if sizes else []
 
 
-def truth_ratios(model, tokenizer, records: Sequence[QARecord], **kw) -> np.ndarray:
+def truth_ratios(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+) -> np.ndarray:
     """Per-record truth ratio from ``extra['paraphrased_answer']`` (the answer itself when absent, as TOFU does for
     real authors / world facts) and the list ``extra['perturbed_answer']``; see :func:`stats.truth_ratio`."""
     records = list(records)
@@ -176,7 +225,9 @@ def truth_ratios(model, tokenizer, records: Sequence[QARecord], **kw) -> np.ndar
     return np.array([stats.truth_ratio(a, b) for a, b in zip(para_nll, pert_nll)], dtype=np.float64)
 
 
-def normalized_probabilities(model, tokenizer, records: Sequence[QARecord], **kw) -> np.ndarray:
+def normalized_probabilities(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+) -> np.ndarray:
     """TOFU's probability on perturbed sets per record: p(answer) / (p(answer) + sum p(perturbed))."""
     records = list(records)
     flat, sizes = _flat_perturbed(records)
@@ -185,13 +236,19 @@ def normalized_probabilities(model, tokenizer, records: Sequence[QARecord], **kw
     return np.array([stats.normalized_probability(a, b) for a, b in zip(true_nll, pert_nll)], dtype=np.float64)
 
 
-def extraction_strengths(model, tokenizer, records: Sequence[QARecord], **kw) -> np.ndarray:
+def extraction_strengths(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+) -> np.ndarray:
     """Extraction strength per record from the teacher-forced argmax (see :func:`stats.extraction_strength`)."""
-    return np.array([stats.extraction_strength(s.target_ids, s.argmax_ids)
-                     for s in score_answers(model, tokenizer, records, **kw)], dtype=np.float64)
+    return np.array(
+        [stats.extraction_strength(s.target_ids, s.argmax_ids) for s in score_answers(model, tokenizer, records, **kw)],
+        dtype=np.float64,
+    )
 
 
-def mia_scores(model, tokenizer, records: Sequence[QARecord], *, k: float = 0.4, **kw) -> dict[str, np.ndarray]:
+def mia_scores(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], *, k: float = 0.4, **kw
+) -> dict[str, np.ndarray]:
     """Membership scores (higher = more member-like) per record for the LOSS, zlib, Min-K% and Min-K%++ attacks,
     computed on the answer tokens."""
     records = list(records)
@@ -205,7 +262,13 @@ def mia_scores(model, tokenizer, records: Sequence[QARecord], *, k: float = 0.4,
     return {name: np.array(v, dtype=np.float64) for name, v in out.items()}
 
 
-def nll_and_kl(model, reference, tokenizer, records: Sequence[QARecord], **kw) -> tuple[np.ndarray, np.ndarray]:
+def nll_and_kl(
+    model: torch.nn.Module,
+    reference: torch.nn.Module | Reference,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[QARecord],
+    **kw,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-record mean answer NLL under ``model`` and mean per-token KL(p_ref || p_model) over answer tokens."""
     scores = score_answers(model, tokenizer, records, reference=reference, desc="nll/kl", **kw)
     nll = np.array([s.avg_nll for s in scores], dtype=np.float64)
@@ -220,17 +283,33 @@ def rouge_l_recalls(generations: Sequence[str], records: Sequence[QARecord]) -> 
     return np.array([rouge_l_recall(g, r.answer) for g, r in zip(generations, records)], dtype=np.float64)
 
 
-def generate_answers(model, tokenizer, records: Sequence[QARecord], *, fmt: PromptFormat = PromptFormat(),
-                     max_new_tokens: int = 64, batch_size: int = 8, progress: bool = True) -> list[str]:
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[QARecord],
+    *,
+    fmt: PromptFormat = PromptFormat(),
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[str]:
     """Greedy generations for each record's question, exactly as generated (not stripped: fluency scores them under
     the reference model; see :func:`~mollm.evaluation.generation.generate`)."""
-    return generate(model, tokenizer, [r.question for r in records], max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, fmt=fmt, progress=progress, strip=False)
+    return generate(
+        model,
+        tokenizer,
+        [r.question for r in records],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        fmt=fmt,
+        progress=progress,
+        strip=False,
+    )
 
 
 def generation_perplexity(
-    reference,
-    tokenizer,
+    reference: torch.nn.Module | Reference,
+    tokenizer: PreTrainedTokenizerBase,
     questions: Sequence[str],
     generations: Sequence[str],
     *,
@@ -254,7 +333,7 @@ def generation_perplexity(
         ids = (prompt_ids + gen_ids)[:max_length]
         if len(ids) <= len(prompt_ids):
             continue
-        labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids):]
+        labels = [IGNORE_INDEX] * len(prompt_ids) + ids[len(prompt_ids) :]
         examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
         keep.append(i)
     batches = (collate(examples[j : j + batch_size], pad) for j in range(0, len(examples), batch_size))

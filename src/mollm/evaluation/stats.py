@@ -124,8 +124,9 @@ def min_k_score(token_logprobs: Sequence[float], k: float = 0.4) -> float:
     return float(np.sort(lp)[:n].mean())
 
 
-def min_k_plus_plus_score(token_logprobs: Sequence[float], mu: Sequence[float], sigma: Sequence[float],
-                          k: float = 0.4) -> float:
+def min_k_plus_plus_score(
+    token_logprobs: Sequence[float], mu: Sequence[float], sigma: Sequence[float], k: float = 0.4
+) -> float:
     """Min-K%++ (Zhang et al. 2024): per token ``z_t = (log p(x_t) - mu_t) / sigma_t`` with ``mu_t`` and ``sigma_t``
     the mean and standard deviation of ``log p(z)`` for ``z ~ p(.|x_<t)``; the score is the mean of the lowest ``k``
     fraction of ``z_t``. ``sigma_t`` is floored at 1e-8 (a one-hot distribution)."""
@@ -133,7 +134,9 @@ def min_k_plus_plus_score(token_logprobs: Sequence[float], mu: Sequence[float], 
     m = _finite_array(mu, "mu")
     s = np.maximum(_finite_array(sigma, "sigma"), 1e-8)
     if not (lp.shape == m.shape == s.shape):
-        raise ValueError(f"token_logprobs, mu, sigma must have one value per token, got {lp.shape}, {m.shape}, {s.shape}")
+        raise ValueError(
+            f"token_logprobs, mu, sigma must have one value per token, got {lp.shape}, {m.shape}, {s.shape}"
+        )
     return min_k_score((lp - m) / s, k)
 
 

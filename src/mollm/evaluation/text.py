@@ -33,8 +33,9 @@ def rouge_l_recall(prediction: str, reference: str) -> float:
     Same scorer settings as TOFU (``rouge-score``, Porter stemming); an empty reference scores 0.
     """
     if not isinstance(prediction, str) or not isinstance(reference, str):
-        raise TypeError(f"rouge_l_recall expects two strings, got {type(prediction).__name__}, "
-                        f"{type(reference).__name__}")
+        raise TypeError(
+            f"rouge_l_recall expects two strings, got {type(prediction).__name__}, {type(reference).__name__}"
+        )
     return float(_rouge_scorer().score(reference, prediction)["rougeL"].recall)
 
 

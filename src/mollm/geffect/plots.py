@@ -155,8 +155,14 @@ def summary_markdown(rows: Sequence[Row], *, title: str = "G-effect summary", ch
             "-eta e, so e_u < 0 means forgetting and e_r < 0 means collateral damage on the retain data.",
         ]
     if checks:
-        lines += ["", "## First-order check", "", "| objective | eta | predicted dNLL_f | measured | rel. err | "
-                  "predicted dNLL_r | measured | rel. err | passed |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## First-order check",
+            "",
+            "| objective | eta | predicted dNLL_f | measured | rel. err | "
+            "predicted dNLL_r | measured | rel. err | passed |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for c in checks:
             lines.append(
                 f"| {c['objective']} | {_fmt(c['eta'])} | {_fmt(c['predicted_du'])} | {_fmt(c['measured_du'])} | "

@@ -190,7 +190,6 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     raise ModelLoadError(f"dtype {dtype!r} is not supported; expected one of {sorted(_DTYPES)}")
 
 
-
 def _check_causal(config: Any, where: str) -> None:
     """Raise :class:`ModelLoadError` unless ``config`` describes a model AutoModelForCausalLM can load with its head."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -207,7 +206,9 @@ def _check_causal(config: Any, where: str) -> None:
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]
     causal_names = {causal} if isinstance(causal, str) else set(causal)
     # e.g. BERT has a causal class, but a BertForMaskedLM checkpoint is an encoder whose LM head was not trained causally.
-    if architectures and not any(a in causal_names or a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+    if architectures and not any(
+        a in causal_names or a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures
+    ):
         raise ModelLoadError(
             f"{where}: the checkpoint's architectures {architectures} are not causal language models "
             f"(the causal class for {model_type!r} would be {sorted(causal_names)}); mollm needs a decoder-only LM "
@@ -310,7 +311,9 @@ def _dequantise_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         if not all(p.is_floating_point() for p in model.parameters()):
-            raise ModelLoadError(f"GGUF file {path}: transformers kept the weights quantized; mollm needs dense weights")
+            raise ModelLoadError(
+                f"GGUF file {path}: transformers kept the weights quantized; mollm needs dense weights"
+            )
         quantizer.remove_quantization_config(model)  # dense already: drop the marker that blocks save_pretrained
     return model, tokenizer
 
@@ -327,9 +330,7 @@ def _temp_dir_beside(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_gguf_cache(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: Path, entry: Path
-) -> bool:
+def _write_gguf_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: Path, entry: Path) -> bool:
     """Save the de-quantised model to ``entry`` atomically; False (with a warning) if the cache is not writable."""
     try:
         with _temp_dir_beside(entry) as tmp:
@@ -413,8 +414,11 @@ _CHECKPOINT_WEIGHTS = ("model.safetensors", "custom_checkpoint_0.pkl")  # one pr
 
 def _is_run_checkpoint(path: Path) -> bool:
     """``RUN/checkpoints/step_N``: accelerate state whose run directory holds the config naming the base model."""
-    return (path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file()
-            and any((path / name).is_file() for name in _CHECKPOINT_WEIGHTS))
+    return (
+        path.parent.name == "checkpoints"
+        and (path.parent.parent / "config.yaml").is_file()
+        and any((path / name).is_file() for name in _CHECKPOINT_WEIGHTS)
+    )
 
 
 def _load_run_checkpoint(
@@ -430,8 +434,13 @@ def _load_run_checkpoint(
     if lora:
         from mollm.models.lora import apply_lora
 
-        model = apply_lora(model, r=lora["r"], alpha=lora["alpha"], dropout=lora.get("dropout", 0.0),
-                           target_modules=lora.get("target_modules"))
+        model = apply_lora(
+            model,
+            r=lora["r"],
+            alpha=lora["alpha"],
+            dropout=lora.get("dropout", 0.0),
+            target_modules=lora.get("target_modules"),
+        )
     if (path / "model.safetensors").is_file():
         from safetensors.torch import load_file
 

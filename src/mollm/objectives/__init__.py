@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mollm.objectives.base import IGNORE_INDEX, Batch, Objective, Options, token_logprobs
-from mollm.objectives.registry import available, get, objective_class, register
 
 # Importing the modules registers their objectives.
 from mollm.objectives.ga import GA  # noqa: E402
 from mollm.objectives.kl import KL  # noqa: E402
 from mollm.objectives.nll import DEFAULT_REFUSALS, IDK, NLL, Mismatch, read_refusals  # noqa: E402
 from mollm.objectives.npo import NPO  # noqa: E402
+from mollm.objectives.registry import available, get, objective_class, register
 from mollm.objectives.rmu import RMU, RMURetain, steering_vector  # noqa: E402
 from mollm.objectives.simnpo import SimNPO  # noqa: E402
 from mollm.objectives.uce import UCE  # noqa: E402

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from mollm.objectives._common import model_logprobs, per_sample_mean
 from mollm.objectives.base import Batch, Objective
 from mollm.objectives.registry import register
+
+if TYPE_CHECKING:
+    from mollm.models.reference import Reference
 
 
 @register
@@ -18,6 +23,6 @@ class GA(Objective):
 
     name = "ga"
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         logp, mask, lengths = model_logprobs(self.name, model, batch)
         return per_sample_mean(logp, mask, lengths).mean()

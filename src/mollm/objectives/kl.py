@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from mollm.objectives._common import answer_lengths, check_batch, forward, per_sample_mean
 from mollm.objectives.base import IGNORE_INDEX, Batch, Objective
 from mollm.objectives.registry import register
+
+if TYPE_CHECKING:
+    from mollm.models.reference import Reference
 
 
 class _KLFromLogits(torch.autograd.Function):
@@ -39,7 +44,7 @@ class KL(Objective):
     name = "kl"
     needs_reference = True
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         check_batch(self.name, batch)
         mask = batch["labels"][:, 1:].ne(IGNORE_INDEX)
         lengths = answer_lengths(self.name, mask)

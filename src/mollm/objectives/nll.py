@@ -25,6 +25,7 @@ from mollm.objectives.registry import register
 
 if TYPE_CHECKING:  # objectives must not import mollm.data at run time (mollm.data imports objectives.base)
     from mollm.data.records import QARecord
+    from mollm.models.reference import Reference
 
 #: Built-in refusals for ``idk`` (written for this project, in the style of TOFU's idontknow list).
 DEFAULT_REFUSALS: tuple[str, ...] = (
@@ -56,7 +57,7 @@ class NLL(Objective):
 
     name = "nll"
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         logp, mask, lengths = model_logprobs(self.name, model, batch)
         return -per_sample_mean(logp, mask, lengths).mean()
 
@@ -110,7 +111,7 @@ def read_refusals(path: Path) -> list[str]:
         line = line.strip()
         if not line:
             continue
-        if line[0] in "\"{":
+        if line[0] in '"{':
             try:
                 value = json.loads(line)
             except json.JSONDecodeError:
@@ -158,9 +159,7 @@ class IDK(NLL):
     ) -> list[QARecord]:
         """Each forget record with its answer replaced by a refusal drawn at random (original kept in ``extra``)."""
         pool = self.refusal_list(refusals)
-        return [
-            replace(r, answer=rng.choice(pool), extra={**r.extra, "original_answer": r.answer}) for r in records
-        ]
+        return [replace(r, answer=rng.choice(pool), extra={**r.extra, "original_answer": r.answer}) for r in records]
 
 
 register(IDK)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -10,6 +12,9 @@ from mollm.objectives import base
 from mollm.objectives._common import model_logprobs
 from mollm.objectives.base import Batch, Objective
 from mollm.objectives.registry import register
+
+if TYPE_CHECKING:
+    from mollm.models.reference import Reference
 
 
 class NPOOptions(base.Options):
@@ -29,9 +34,9 @@ class NPO(Objective):
     Options = NPOOptions
     needs_reference = True
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         logp, _, _ = model_logprobs(self.name, model, batch)
         ref_logp, _ = reference.token_logprobs(batch)
         beta = self.options.beta
-        margin = (ref_logp.detach().sum(-1) - logp.sum(-1))  # NLL_theta - NLL_ref
+        margin = ref_logp.detach().sum(-1) - logp.sum(-1)  # NLL_theta - NLL_ref
         return (-(2.0 / beta) * F.logsigmoid(beta * margin)).mean()

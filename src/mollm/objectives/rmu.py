@@ -13,6 +13,8 @@ layers ``layer-2 .. layer``; that is a choice of trainable parameters, made outs
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from pydantic import Field
 
@@ -20,6 +22,9 @@ from mollm.objectives import base
 from mollm.objectives._common import forward
 from mollm.objectives.base import Batch, Objective
 from mollm.objectives.registry import register
+
+if TYPE_CHECKING:
+    from mollm.models.reference import Reference
 
 
 class RMUOptions(base.Options):
@@ -93,7 +98,7 @@ class RMU(Objective):
     name = "rmu"
     Options = RMUOptions
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         layer = _resolve_layer(self.name, model, self.options.layer)
         h = _hidden(self.name, model, batch, layer)
         mask = _token_mask(self.name, batch, h)
@@ -109,7 +114,7 @@ class RMURetain(Objective):
     Options = RMURetainOptions
     needs_reference = True
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         layer = _resolve_layer(self.name, model, self.options.layer)
         h = _hidden(self.name, model, batch, layer)
         mask = _token_mask(self.name, batch, h)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -10,6 +12,9 @@ from mollm.objectives import base
 from mollm.objectives._common import model_logprobs, per_sample_mean
 from mollm.objectives.base import Batch, Objective
 from mollm.objectives.registry import register
+
+if TYPE_CHECKING:
+    from mollm.models.reference import Reference
 
 
 class SimNPOOptions(base.Options):
@@ -26,7 +31,7 @@ class SimNPO(Objective):
     name = "simnpo"
     Options = SimNPOOptions
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         logp, mask, lengths = model_logprobs(self.name, model, batch)
         mean_nll = -per_sample_mean(logp, mask, lengths)
         beta = self.options.beta

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from pydantic import Field
 
@@ -9,6 +11,9 @@ from mollm.objectives import base
 from mollm.objectives._common import model_logprobs, per_sample_mean
 from mollm.objectives.base import Batch, Objective
 from mollm.objectives.registry import register
+
+if TYPE_CHECKING:
+    from mollm.models.reference import Reference
 
 
 class UCEOptions(base.Options):
@@ -24,7 +29,7 @@ class UCE(Objective):
     name = "uce"
     Options = UCEOptions
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         logp, mask, lengths = model_logprobs(self.name, model, batch)
         # log1p keeps precision when (1-eps) p is tiny; the argument stays >= -(1-eps) > -1, so it is always finite.
         per_token = -torch.log1p(-(1.0 - self.options.eps) * logp.exp())

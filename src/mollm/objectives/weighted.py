@@ -8,6 +8,7 @@ weight ``w_t`` that fades as the token becomes improbable, so ascent slows down 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
@@ -17,6 +18,9 @@ from mollm.objectives._common import model_logprobs, per_sample_mean
 from mollm.objectives.base import Batch, Objective
 from mollm.objectives.registry import register
 
+if TYPE_CHECKING:
+    from mollm.models.reference import Reference
+
 
 class _TokenWeighted(Objective):
     """Shared loss of the weighted family; subclasses define :meth:`token_weights`."""
@@ -25,7 +29,7 @@ class _TokenWeighted(Objective):
         """Per-token weights from the model's (and the reference's) answer log-probs, same shape, no gradient."""
         raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch: Batch, reference=None) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         logp, mask, lengths = model_logprobs(self.name, model, batch)
         ref_logp = reference.token_logprobs(batch)[0].detach() if self.needs_reference else None
         w = self.token_weights(logp.detach(), ref_logp)

@@ -62,7 +62,9 @@ def read_eval_series(eval_dir: Path, last_step: int | None = None) -> tuple[list
     before = read_json_metrics(eval_dir / "before.json")
     if before is not None:
         points.append((0, before))
-    steps = sorted((int(p.stem.split("_")[1]), p) for p in eval_dir.glob("step_*.json") if p.stem.split("_")[1].isdigit())
+    steps = sorted(
+        (int(p.stem.split("_")[1]), p) for p in eval_dir.glob("step_*.json") if p.stem.split("_")[1].isdigit()
+    )
     points += [(n, read_json_metrics(p) or {}) for n, p in steps]
     after = read_json_metrics(eval_dir / "after.json")
     if after is not None:

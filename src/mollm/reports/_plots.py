@@ -48,8 +48,15 @@ def plot_series(
         ax.axhline(0.0, color="black", linewidth=0.6)  # cosine < 0: the pair of objectives conflicts
         xs = [s for s, c in zip(steps, conflict) if c]
         if xs:
-            ax.plot(xs, [0.02] * len(xs), "|", color="red", markersize=12, transform=ax.get_xaxis_transform(),
-                    label=f"conflict ({len(xs)} steps)")
+            ax.plot(
+                xs,
+                [0.02] * len(xs),
+                "|",
+                color="red",
+                markersize=12,
+                transform=ax.get_xaxis_transform(),
+                label=f"conflict ({len(xs)} steps)",
+            )
             drawn = True
     if not drawn:
         _empty_note(ax, "no data")

@@ -231,8 +231,9 @@ def write_report(run_dir: Path | str, out: Path | str | None = None) -> Path:
 
         blocks.append(("h2", "G-effects over steps"))
         md += ["## G-effects over steps", ""]
-        png_path = plot_curves(read_jsonl(run_dir / "geffect.jsonl"), out_dir / "plots" / "geffect.png",
-                               title="G-effects during the run")
+        png_path = plot_curves(
+            read_jsonl(run_dir / "geffect.jsonl"), out_dir / "plots" / "geffect.png", title="G-effects during the run"
+        )
         caption = "Unlearning (e_u) and retaining (e_r) G-effect of each tracked objective over steps"
         blocks.append(("img", (caption, png_path.read_bytes())))
         md += [f"![{caption}](plots/geffect.png)", ""]
