@@ -58,8 +58,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tokenize
     tree["model"] = str(model_dir)
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump(tree))
-    mollm = Path(sys.executable).parent / "mollm"
-    proc = subprocess.run(
+    proc = subprocess.run(  # the launch the README documents
         [
             sys.executable,
             "-m",
@@ -68,7 +67,8 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tokenize
             "2",
             "--master_port",
             str(_free_port()),
-            str(mollm),
+            "-m",
+            "mollm",
             "unlearn",
             str(cfg),
         ],
