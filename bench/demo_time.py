@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mollm.atomic import atomic_write_json
 from mollm.demo import run_demo
 
 
@@ -49,10 +50,7 @@ def main() -> None:
             },
         }
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from mollm.atomic import atomic_write_json
 from mollm.data.encode import PromptFormat, encode_batch
 from mollm.data.readers import read_tofu
 from mollm.geffect import compute_geffects, param_groups
@@ -104,10 +105,7 @@ def main() -> None:
         },
     }
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

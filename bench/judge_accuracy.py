@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 from pathlib import Path
 
+from mollm.atomic import atomic_write_json
 from mollm.evaluation.judge import train_judge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +47,7 @@ def main() -> None:
         summary[key] = {"mean": statistics.mean(values), "stdev": statistics.stdev(values) if len(values) > 1 else 0.0}
     result = {"benchmark": "judge_accuracy", "data": str(args.data), "per_seed": per_seed, "summary": summary}
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

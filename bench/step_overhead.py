@@ -27,13 +27,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from mollm.aggregators import get as get_aggregator
+from mollm.atomic import atomic_write_json
 from mollm.engine.step import MultiObjectiveStep, summed_backward, trainable_parameters
 from mollm.models.reference import Reference
 from mollm.objectives import get as get_objective
@@ -166,16 +166,6 @@ def _memory(methods: tuple[str, ...]) -> dict:
     return out
 
 
-def _write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7, help="timed rounds after the warm-up round (>= 5)")
@@ -256,7 +246,7 @@ def main() -> None:
         result["targets"]["extra_peak <= (m-1) x trainable"] = all(v <= limit for v in extra.values())
     result["machine"]["load_average_end"] = os.getloadavg()
     print(json.dumps(result, indent=2))
-    _write_atomic(args.out, result)
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":
