@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 import mollm
+from mollm.atomic import atomic_write_bytes
 from mollm.evaluation import evaluate
 from mollm.evaluation.judge import train_judge
-from mollm.reports import compare_runs
+from mollm.reports import pareto_front, pareto_plot
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -74,6 +75,20 @@ def _headline(results: dict) -> dict[str, float]:
     return out
 
 
+def _pareto(evals: Path, png: Path) -> None:
+    """Mean harmfulness score of the trained judge against KL to the original on normal data, from saved evals (the
+    harmful *rate* is 0 for every method here, so the continuous score separates them)."""
+    names, xs, ys = [], [], []
+    for name in ("original", *METHODS):
+        results = json.loads((evals / f"{name}.json").read_text())["suites"]
+        names.append(name)
+        xs.append(results["harmful"]["judge"]["aggregate"]["mean_score"])
+        ys.append(results["normal"]["kl"]["aggregate"]["value"])
+    front = pareto_front(list(zip(xs, ys)))
+    x_label, y_label = "mean harmfulness score, trained judge (lower is better)", "KL to the original on TruthfulQA"
+    atomic_write_bytes(png, pareto_plot(names, xs, ys, front, x_label, y_label))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40)
@@ -81,7 +96,11 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=48)
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--replot", action="store_true", help="only redraw the Pareto plot from the saved evaluations")
     args = ap.parse_args()
+    if args.replot:
+        _pareto(args.out / "mollm_vs_ga_evals", args.out / "mollm_vs_ga_pareto.png")
+        return
     os.chdir(ROOT)  # the shipped configs' data paths are relative to the repository root
     work = Path(tempfile.mkdtemp(prefix="mollm_vs_ga_"))
     t_start = time.time()
@@ -98,7 +117,6 @@ def main() -> None:
 
     table = {"original": _eval("embedded", "original")}
     seconds = {}
-    run_dirs = []
     for name in METHODS:
         config = mollm.load_config(
             ROOT / "configs" / f"{name}.yaml",
@@ -116,14 +134,9 @@ def main() -> None:
         result = mollm.unlearn(config, progress=False)
         seconds[name] = round(time.time() - t0, 1)
         table[name] = _eval(result.model_dir, name)
-        # compare_runs reads eval/after.json: give it the headline numbers under readable names
-        (result.run_dir / "eval" / "after.json").write_text(json.dumps(table[name]))
-        run_dirs.append(result.run_dir)
         print(name, table[name], flush=True)
-    cmp_dir = work / "compare"
-    compare_runs(run_dirs, cmp_dir, "harmful/judge", "harmful/fluency", "min", "min")
     args.out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(cmp_dir / "pareto.png", args.out / "mollm_vs_ga_pareto.png")
+    _pareto(evals, args.out / "mollm_vs_ga_pareto.png")
     result = {
         "benchmark": "mollm_vs_ga",
         "steps": args.steps,
