@@ -58,26 +58,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tokenize
     tree["model"] = str(model_dir)
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump(tree))
-    proc = subprocess.run(  # the launch the README documents
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "mollm",
-            "unlearn",
-            str(cfg),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**_env(), "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _launch_two(cfg)
 
     single = run(load_config({**_tree(tmp_path, "single", batch=4), "model": str(model_dir)}), progress=False)
     ddp_dir = tmp_path / "ddp"
@@ -94,6 +75,38 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tokenize
     assert w_ddp.keys() == w_one.keys()
     for k in w_one:
         torch.testing.assert_close(w_ddp[k], w_one[k], rtol=1e-4, atol=1e-5)
+
+
+def test_two_process_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, tokenizer):
+    model_dir = tmp_path / "tiny"
+    tiny_model().save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    tree = {**_tree(tmp_path, "ddp", batch=2), "model": str(model_dir), "evaluation": {"before": False, "after": False}}
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(tree))
+    _launch_two(cfg)
+    first = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    # Resuming the finished run restarts from its last checkpoint (step 2) and must redo steps 3-4 identically:
+    # model, optimizer, scheduler and every process's RNG state come back from the checkpoint.
+    _launch_two(cfg, "--set", "resume=true")
+    again = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
+    for k in first:
+        torch.testing.assert_close(again[k], first[k], rtol=0, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def _launch_two(cfg: Path, *extra: str) -> None:
+    """``torchrun --nproc_per_node 2 -m mollm unlearn CFG``: the launch the README documents."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    proc = subprocess.run(
+        [*cmd, "-m", "mollm", "unlearn", str(cfg), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _env() -> dict[str, str]:
