@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from mollm.atomic import atomic_write_json
 from mollm.data.encode import PromptFormat, encode_batch
 from mollm.data.readers import read_tofu
 from mollm.geffect import compute_geffects, verify_first_order
 from mollm.geffect.plots import dominant_group, plot_curves, plot_heatmap, plot_samples, summary_markdown
-from mollm.geffect.tracking import write_json
 from mollm.models.loading import load_model
 from mollm.models.reference import Reference
 from mollm.objectives import get as get_objective
@@ -169,7 +169,7 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     # Raw rows first, so a failure in the summary below never loses a long run.
-    write_json(args.out / "geffect_findings.raw.json", {"rows": rows, "checks": checks, "timing": timing})
+    atomic_write_json(args.out / "geffect_findings.raw.json", {"rows": rows, "checks": checks, "timing": timing})
 
     # ---- summary numbers
     summary = {}
@@ -220,7 +220,7 @@ def main() -> int:
         "rows": rows,
         "total_seconds": time.perf_counter() - t_start,
     }
-    write_json(args.out / "geffect_findings.json", result)
+    atomic_write_json(args.out / "geffect_findings.json", result)
     (args.out / "geffect_findings.raw.json").unlink(missing_ok=True)  # superseded by the full JSON
     md = summary_markdown(rows, title="G-effect findings: embedded SmolLM2-135M on TOFU", checks=checks)
     (args.out / "geffect_findings.auto.md").write_text(md)

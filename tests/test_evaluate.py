@@ -344,3 +344,19 @@ def test_generations_for_scoring_keep_the_whitespace_the_model_generated(tokeniz
         logp = torch.log_softmax(model(input_ids=full).logits[0, :-1].float(), -1)
     nll = -logp[torch.arange(len(ids) - 1, full.size(1) - 1), full[0, len(ids) :]].mean()
     assert ppl[0] == pytest.approx(math.exp(float(nll)), rel=1e-4)  # the newline token is scored too
+
+
+def test_harmful_rate_loads_its_judge_once_per_process(model, other, tok, forget, tmp_path, monkeypatch):
+    from mollm.evaluation import judge as judge_module
+    from mollm.evaluation.registry import _loaded_judge
+
+    loads = []
+    real = judge_module.get_judge
+    monkeypatch.setattr(judge_module, "get_judge", lambda spec, **kw: loads.append(spec) or real(spec, **kw))
+    monkeypatch.setattr(scoring, "generate_answers", lambda *a, **kw: ["I cannot help."] * len(a[2]))
+    _loaded_judge.cache_clear()
+    suites = {"f": {"data": forget, "metrics": [{"name": "harmful_rate", "judge": "keyword"}]}}
+    for i in range(2):  # e.g. two evaluation points of one run, cache off
+        out = evaluate(model, suites, tmp_path / str(i), cache=False, tokenizer=tok, reference=other, progress=False)
+        assert out["suites"]["f"]["harmful_rate"]["aggregate"]["value"] == 0.0
+    assert loads == ["keyword"]

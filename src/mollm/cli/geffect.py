@@ -106,8 +106,9 @@ def geffect_cmd(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("geffect_out"),
 ) -> None:
     """Compute G-effects (by layer, sample and step) and write geffect.json, plots and summary.md to OUT."""
+    from mollm.atomic import atomic_write_json  # noqa: PLC0415
     from mollm.geffect.plots import plot_curves, plot_heatmap, plot_samples, summary_markdown  # noqa: PLC0415
-    from mollm.geffect.tracking import read_jsonl, write_json  # noqa: PLC0415
+    from mollm.geffect.tracking import read_jsonl  # noqa: PLC0415
 
     out.mkdir(parents=True, exist_ok=True)
     checks: list[dict[str, Any]] = []
@@ -144,7 +145,7 @@ def geffect_cmd(
         except (ModelLoadError, DataError, FileNotFoundError) as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
-    write_json(out / "geffect.json", {"rows": rows, "first_order_checks": checks})
+    atomic_write_json(out / "geffect.json", {"rows": rows, "first_order_checks": checks})
     plot_curves(rows, out / "geffect_curves.png")
     plot_heatmap(rows, out / "geffect_heatmap_e_r.png", key="e_r")
     plot_heatmap(rows, out / "geffect_heatmap_e_u.png", key="e_u")

@@ -133,18 +133,23 @@ def _optimizer(params: list[torch.nn.Parameter], config: RunConfig) -> torch.opt
     return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
 
 
-def _prepare_run_dir(config: RunConfig) -> tuple[Path, int]:
-    """Create (or reopen, when resuming) the run directory; return it and the checkpoint step to resume from."""
+def _checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """The run's ``checkpoints/step_N`` folders, oldest first."""
+    return sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+
+
+def _prepare_run_dir(config: RunConfig) -> int:
+    """Create (or reopen, when resuming) the run directory; return the checkpoint step to resume from (0: none)."""
     run_dir = config.run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if config.resume:
-            ckpts = sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-            return run_dir, int(ckpts[-1].name.split("_")[1]) if ckpts else 0
+            ckpts = _checkpoint_dirs(run_dir)
+            return int(ckpts[-1].name.split("_")[1]) if ckpts else 0
         if not config.overwrite:
             raise RunError(f"{run_dir} already exists; pass overwrite=true to replace it or resume=true to continue it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, 0
+    return 0
 
 
 def _truncate_metrics(path: Path, after_step: int) -> None:
@@ -155,30 +160,27 @@ def _truncate_metrics(path: Path, after_step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def _prepare_run_dir_on_main(config: RunConfig, accelerator: Accelerator) -> tuple[Path, int]:
+def _from_main(accelerator: Accelerator, value: Any) -> Any:
+    """The main process's ``value`` (a decision, a step, an error), known to every process."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def _prepare_run_dir_on_main(config: RunConfig, accelerator: Accelerator) -> int:
     """The main process creates (or reopens) the run directory; every process learns the resume step, or the error."""
     outcome: Any = None
     if accelerator.is_main_process:
         try:
-            outcome = _prepare_run_dir(config)[1]
+            outcome = _prepare_run_dir(config)
         except RunError as err:
             outcome = err
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        outcome = broadcast_object_list([outcome], from_process=0)[0]
+    outcome = _from_main(accelerator, outcome)
     if isinstance(outcome, RunError):
         raise outcome
-    return config.run_dir, int(outcome)
-
-
-def _on_every_process(accelerator: Accelerator, flag: bool) -> bool:
-    """The main process's decision, known to every process."""
-    if accelerator.num_processes == 1:
-        return flag
-    from accelerate.utils import broadcast_object_list
-
-    return bool(broadcast_object_list([flag], from_process=0)[0])
+    return int(outcome)
 
 
 def _broadcast_parameters(model: torch.nn.Module) -> None:
@@ -207,8 +209,8 @@ def run(
     config: RunConfig,
     *,
     progress: bool = True,
-    model: torch.nn.Module = None,
-    tokenizer: PreTrainedTokenizerBase = None,
+    model: torch.nn.Module | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Run unlearning or fine-tuning as ``config`` says and return what it produced.
@@ -237,7 +239,7 @@ def run(
             f"{accelerator.distributed_type}: only data-parallel (DDP-style) multi-process runs are "
             "supported; sharded set-ups (FSDP, DeepSpeed) would need the Gramian of sharded gradients"
         )
-    run_dir, start_step = _prepare_run_dir_on_main(config, accelerator)
+    run_dir, start_step = config.run_dir, _prepare_run_dir_on_main(config, accelerator)
     if main:
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
     set_seed(config.seed)
@@ -255,8 +257,13 @@ def run(
 
     objectives = [get_objective(o.loss, **o.options) for o in config.objectives]
     labels = [o.label for o in config.objectives]
-    tracked = [get_objective(n) for n in (config.geffect.objectives or [])] if config.geffect else []
-    needs_ref = any(obj.needs_reference for obj in objectives + tracked) or bool(config.evaluation.suites)
+    # G-effect targets: named objectives, or by default the run's own (label -> objective).
+    tracked = (
+        {n: get_objective(n) for n in config.geffect.objectives}
+        if config.geffect and config.geffect.objectives
+        else dict(zip(labels, objectives))
+    )
+    needs_ref = any(obj.needs_reference for obj in [*objectives, *tracked.values()]) or bool(config.evaluation.suites)
 
     data = _load_data(config)
     fmt = PromptFormat(kind=config.format.kind, template=config.format.template)
@@ -299,7 +306,7 @@ def run(
         if main:
             _truncate_metrics(metrics_path, start_step)
             _truncate_metrics(run_dir / "geffect.jsonl", start_step)
-    geffects = _geffect_callback(config, data, objectives, tokenizer, fmt, pad_id, run_dir) if main else None
+    geffects = _geffect_callback(config, data, tracked, tokenizer, fmt, pad_id, run_dir) if main else None
 
     eval_keys = config.evaluation.datasets or list(data)
     eval_sets = {key: data[key][: config.evaluation.max_items] for key in eval_keys}
@@ -377,7 +384,7 @@ def run(
                 _checkpoint(accelerator, run_dir, step + 1, config.keep_checkpoints)
             if config.evaluation.every and (step + 1) % config.evaluation.every == 0 and step + 1 < total:
                 result = _evaluate(f"step_{step + 1}")  # every process: it waits for the main one's evaluation
-                if _on_every_process(accelerator, main and _check_stop(config, result)):
+                if _from_main(accelerator, main and _check_stop(config, result)):
                     status = f"stopped: {config.stop.metric} reached its target at step {step + 1}"
                     break
     bar.close()
@@ -449,7 +456,7 @@ def _evaluate_suites(
 def _geffect_callback(
     config: RunConfig,
     data: dict[str, list[QARecord]],
-    objectives: list,
+    targets: dict[str, Any],
     tokenizer: PreTrainedTokenizerBase,
     fmt: PromptFormat,
     pad_id: int,
@@ -466,7 +473,6 @@ def _geffect_callback(
 
     forget_key = g.forget or config.objectives[0].data
     retain_key = g.retain or ("retain" if "retain" in data else None)
-    targets = g.objectives or {o.label: obj for o, obj in zip(config.objectives, objectives)}
     return GEffectCallback(
         targets,
         probe(forget_key),
@@ -516,8 +522,7 @@ def _checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int | 
     if accelerator.is_main_process:
         os.replace(tmp, final)
         if keep is not None:
-            ckpts = sorted(final.parent.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-            for old in ckpts[:-keep]:
+            for old in _checkpoint_dirs(run_dir)[:-keep]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
 

@@ -10,6 +10,7 @@ cached generation helper) and the suite's records; it returns one value per reco
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -366,6 +367,14 @@ def _fluency(ctx: EvalContext, data: list[QARecord], *, degenerate_threshold: fl
     return MetricResult("fluency", ppl, agg, columns)
 
 
+@functools.lru_cache(maxsize=4)
+def _loaded_judge(spec: str, harmful_label: str | int | None) -> Any:
+    """Judges load an encoder or a classifier: load each once per process, not at every evaluation of a run."""
+    from mollm.evaluation.judge import get_judge
+
+    return get_judge(spec, harmful_label=harmful_label)
+
+
 @register("harmful_rate", uses_generation=True)
 def _harmful_rate(
     ctx: EvalContext, data: list[QARecord], *, judge: str = "keyword", harmful_label: str | int | None = None
@@ -374,10 +383,9 @@ def _harmful_rate(
     ``mollm judge train`` or a sequence-classification model); per item the judge's score. ``evaluate`` always adds
     ``fluency`` beside it."""
     from mollm.evaluation.harmful import harmful_rate
-    from mollm.evaluation.judge import get_judge
 
     gens = ctx.generations(data)
-    out = harmful_rate(get_judge(judge, harmful_label=harmful_label), [r.question for r in data], gens)
+    out = harmful_rate(_loaded_judge(judge, harmful_label), [r.question for r in data], gens)
     items = out["items"]
     return MetricResult(
         "harmful_rate",

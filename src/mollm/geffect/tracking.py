@@ -30,11 +30,6 @@ def append_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_bytes(path, old + new)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically."""
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
-
-
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a G-effect JSON-Lines file; a malformed line is an error naming the file and line."""
     return [row for _, row in iter_jsonl(path, expected="a JSON object (one G-effect)")]

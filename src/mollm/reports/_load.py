@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from mollm.data.encode import DataError
+from mollm.data.jsonl import iter_jsonl
 
 # Keys holding per-item lists etc. that are not metrics themselves.
 _SKIP_KEYS = {"items", "per_item", "per_items", "values", "samples", "generations"}
@@ -154,22 +155,12 @@ def read_training_log(path: Path) -> TrainingLog | None:
     if not path.is_file():
         return None
     log = TrainingLog()
-    lines = path.read_text(encoding="utf-8").splitlines()
-    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
     nonfinite = 0
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        where = f"{path}:{i + 1}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == last:
-                log.warnings.append(f"{where}: truncated last line skipped (interrupted run?)")
-                continue
-            raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(rec, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+
+    def truncated(where: str) -> None:
+        log.warnings.append(f"{where}: truncated last line skipped (interrupted run?)")
+
+    for where, rec in iter_jsonl(path, expected="a JSON object (one step's statistics)", on_truncated_last=truncated):
         n = len(log.steps)
         step = rec.get("step", n)
         if not isinstance(step, (int, float)) or isinstance(step, bool):
