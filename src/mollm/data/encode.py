@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from mollm.data.records import QARecord
+from mollm.device import to_device
 from mollm.objectives.base import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -59,8 +60,10 @@ def encode_record(
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad encoded examples into a batch of long tensors."""
+def collate(
+    examples: Sequence[dict[str, list[int]]], pad_token_id: int, device: torch.device | str | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad encoded examples into a batch of long tensors, on ``device`` when given (see :mod:`mollm.device`)."""
     width = max(len(e["input_ids"]) for e in examples)
     out = {
         "input_ids": torch.full((len(examples), width), pad_token_id, dtype=torch.long),
@@ -71,7 +74,7 @@ def collate(examples: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict
         n = len(e["input_ids"])
         for key in out:
             out[key][i, :n] = torch.tensor(e[key], dtype=torch.long)
-    return out
+    return out if device is None else to_device(out, device)
 
 
 def encode_batch(
@@ -79,7 +82,8 @@ def encode_batch(
     tokenizer: PreTrainedTokenizerBase,
     fmt: PromptFormat = PromptFormat(),
     max_length: int = 256,
+    device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Encode and collate ``records`` in one call."""
+    """Encode and collate ``records`` in one call (on ``device`` when given)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return collate([encode_record(r, tokenizer, fmt, max_length) for r in records], pad)
+    return collate([encode_record(r, tokenizer, fmt, max_length) for r in records], pad, device)

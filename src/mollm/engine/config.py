@@ -129,13 +129,26 @@ class GEffectTrackingConfig(_Strict):
     per_sample: bool = False
 
 
+class DistributedConfig(_Strict):
+    """How a multi-process launch (``torchrun`` / ``accelerate launch``) splits the work (``engine/distributed.py``):
+    ``ddp`` keeps the whole model on every process; ``fsdp`` shards weights, gradients and optimizer state with
+    FSDP2. One process always runs the plain step."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+
 class RunConfig(_Strict):
     """Everything a run needs. ``mode`` chooses unlearning or plain fine-tuning (to build a target model)."""
 
     mode: Literal["unlearn", "finetune"] = "unlearn"
     seed: int = 0
     model: str = "embedded"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # the weights' dtype
+    # Autocast compute (and FSDP bf16 all-gathers); null: what `accelerate launch --mixed_precision` says, else "no".
+    mixed_precision: Literal["no", "bf16"] | None = None
+    grad_dtype: Literal["float32", "bfloat16"] | None = None  # the (m, n) gradient rows; null: the weights' dtype
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1.3x compute
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     lora: LoraConfig | None = None
     format: FormatConfig = Field(default_factory=FormatConfig)
     max_length: int = Field(256, gt=8)
@@ -175,6 +188,11 @@ class RunConfig(_Strict):
         for i, o in enumerate(self.objectives):
             if o.data not in self.data:
                 raise ValueError(f"objectives.{i}.data: '{o.data}' is not a key of 'data' ({sorted(self.data)})")
+        if self.geffect is not None and self.distributed.strategy == "fsdp":
+            raise ValueError(
+                "geffect: G-effect tracking needs whole gradients and is not available with distributed.strategy=fsdp; "
+                "run `mollm geffect RUN` on the saved checkpoints instead"
+            )
         if self.geffect is not None:
             for key in ("forget", "retain"):
                 name = getattr(self.geffect, key)

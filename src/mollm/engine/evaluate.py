@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from mollm.data.encode import PromptFormat, encode_batch
 from mollm.data.records import QARecord
+from mollm.device import model_device
 from mollm.objectives.base import token_logprobs
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ def answer_nll(
     was_training = model.training
     model.eval()
     out: list[float] = []
+    device = model_device(model)
     for i in range(0, len(records), batch_size):
-        batch = encode_batch(records[i : i + batch_size], tokenizer, fmt, max_length)
+        batch = encode_batch(records[i : i + batch_size], tokenizer, fmt, max_length, device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp, mask = token_logprobs(logits, batch["labels"])
         out.extend((-(logp.sum(1)) / mask.sum(1)).tolist())

@@ -17,12 +17,14 @@ uninterrupted one and reaches the same weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,13 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mollm.atomic import atomic_write_text
 from mollm.data.encode import PromptFormat, collate, encode_record
 from mollm.data.records import QARecord
+from mollm.engine import checkpoints
 from mollm.engine.config import RunConfig, dump_config
+from mollm.engine.distributed import describe, make_strategy
+from mollm.engine.evaluate import evaluate_answers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -71,8 +76,15 @@ class RunResult:
 class _Sampler:
     """Deterministic, resumable batches: the batch at step s depends only on (seed, stream, s)."""
 
-    def __init__(self, examples: list[dict[str, list[int]]], batch_size: int, seed: int, pad_id: int) -> None:
-        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+    def __init__(
+        self,
+        examples: list[dict[str, list[int]]],
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.examples, self.batch_size, self.seed, self.pad_id, self.device = examples, batch_size, seed, pad_id, device
         self._perm_epoch, self._perm = -1, []
 
     def _order(self, epoch: int) -> list[int]:
@@ -87,7 +99,7 @@ class _Sampler:
         idx = []
         for k in range(step * bs, step * bs + bs):
             idx.append(self._order(k // n)[k % n])
-        return collate([self.examples[i] for i in idx], self.pad_id)
+        return collate([self.examples[i] for i in idx], self.pad_id, self.device)
 
 
 def _load_data(config: RunConfig) -> dict[str, list[QARecord]]:
@@ -133,18 +145,12 @@ def _optimizer(params: list[torch.nn.Parameter], config: RunConfig) -> torch.opt
     return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
 
 
-def _checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """The run's ``checkpoints/step_N`` folders, oldest first."""
-    return sorted((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-
-
 def _prepare_run_dir(config: RunConfig) -> int:
     """Create (or reopen, when resuming) the run directory; return the checkpoint step to resume from (0: none)."""
     run_dir = config.run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         if config.resume:
-            ckpts = _checkpoint_dirs(run_dir)
-            return int(ckpts[-1].name.split("_")[1]) if ckpts else 0
+            return checkpoints.latest_step(run_dir)
         if not config.overwrite:
             raise RunError(f"{run_dir} already exists; pass overwrite=true to replace it or resume=true to continue it")
         shutil.rmtree(run_dir)
@@ -183,17 +189,60 @@ def _prepare_run_dir_on_main(config: RunConfig, accelerator: Accelerator) -> int
     return int(outcome)
 
 
-def _broadcast_parameters(model: torch.nn.Module) -> None:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        torch.distributed.broadcast(tensor.data, src=0)
+def _build_model(
+    config: RunConfig, model: torch.nn.Module | None, tokenizer: PreTrainedTokenizerBase | None
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """The model to train, on the host: loaded from ``config.model`` unless given, with checkpointing and LoRA."""
+    from mollm.models.loading import load_model
+
+    if model is None:
+        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype))
+    if tokenizer is None:
+        raise RunError("a tokenizer is required when a model object is given")
+    if config.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise RunError(f"gradient_checkpointing: {type(model).__name__} does not support it")
+        # Non-reentrant: works with frozen inputs (LoRA), FSDP2 and several backward passes per step.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if config.lora is not None:
+        from mollm.models.lora import apply_lora
+
+        lc = config.lora
+        model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules)
+    model.train()
+    return model, tokenizer
 
 
-def _mean_across_processes(world: int) -> Callable[[torch.Tensor], None]:
-    def reduce(tensor: torch.Tensor) -> None:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-        tensor.div_(world)
+def _accelerator(config: RunConfig) -> Accelerator:
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=config.mixed_precision,
+        log_with="tensorboard",
+        project_dir=str(config.run_dir),
+        step_scheduler_with_optimizer=False,
+    )
+    if accelerator.mixed_precision not in ("no", "bf16"):
+        raise RunError(
+            f"mixed_precision={accelerator.mixed_precision}: only 'no' and 'bf16' are supported (fp16 needs loss "
+            "scaling, which would rescale every objective's row differently from step to step)"
+        )
+    return accelerator
 
-    return reduce
+
+def _autocast(accelerator: Accelerator, closures: list[Callable[[], torch.Tensor]]) -> list[Callable[[], torch.Tensor]]:
+    """Each objective's forward under accelerate's autocast (bf16 matmuls, float32 softmax); backward outside it."""
+    if accelerator.mixed_precision == "no":
+        return closures
+
+    def wrap(closure: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        def forward() -> torch.Tensor:
+            with accelerator.autocast():
+                return closure()
+
+        return forward
+
+    return [wrap(c) for c in closures]
 
 
 def _check_stop(config: RunConfig, evaluation: dict[str, Any]) -> bool:
@@ -216,44 +265,22 @@ def run(
     """Run unlearning or fine-tuning as ``config`` says and return what it produced.
 
     ``model``/``tokenizer`` may be given directly (e.g. a tiny test model); otherwise ``config.model`` is loaded.
+    Under ``torchrun`` / ``accelerate launch`` every process calls this; ``config.distributed`` picks DDP or FSDP2.
     """
     from mollm.aggregators import get as get_aggregator
-    from mollm.engine.evaluate import evaluate_answers
-    from mollm.engine.step import MultiObjectiveStep, objective_closures
-    from mollm.models.loading import load_model, save_model
-    from mollm.models.reference import Reference
+    from mollm.engine.step import MultiObjectiveStep, objective_closures, trainable_parameters
+    from mollm.models.loading import save_model
     from mollm.objectives import get as get_objective
     from mollm.objectives import prepare_records, read_refusals
 
-    # Data-parallel runs (`accelerate launch` / `torchrun`): every process holds the whole model, draws its own
-    # batches, and the per-objective gradients are averaged across processes before the Gramian (step `reduce`).
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        log_with="tensorboard",
-        project_dir=str(config.run_dir),
-        step_scheduler_with_optimizer=False,
-    )
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    if world > 1 and accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        raise RunError(
-            f"{accelerator.distributed_type}: only data-parallel (DDP-style) multi-process runs are "
-            "supported; sharded set-ups (FSDP, DeepSpeed) would need the Gramian of sharded gradients"
-        )
+    accelerator = _accelerator(config)
+    strategy = make_strategy(accelerator, config.distributed.strategy)
+    world, rank, main = strategy.world, strategy.rank, accelerator.is_main_process
     run_dir, start_step = config.run_dir, _prepare_run_dir_on_main(config, accelerator)
     if main:
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
     set_seed(config.seed)
-
-    if model is None:
-        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype))
-    if tokenizer is None:
-        raise RunError("a tokenizer is required when a model object is given")
-    if config.lora is not None:
-        from mollm.models.lora import apply_lora
-
-        lc = config.lora
-        model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules)
-    model.train()
+    model, tokenizer = _build_model(config, model, tokenizer)
 
     objectives = [get_objective(o.loss, **o.options) for o in config.objectives]
     labels = [o.label for o in config.objectives]
@@ -277,36 +304,34 @@ def run(
             obj, data[oc.data], normal=normal, refusals=refusals, rng=random.Random(config.seed + i)
         )
         examples = [encode_record(r, tokenizer, fmt, config.max_length) for r in records]
-        samplers.append(_Sampler(examples, oc.batch_size, config.seed + 7919 * (i + 1), pad_id))
+        samplers.append(_Sampler(examples, oc.batch_size, config.seed + 7919 * (i + 1), pad_id, strategy.device))
     # An epoch is one pass over the first objective's data by all processes together.
     total = _total_steps(config, [len(s.examples) for s in samplers], world)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    model, reference = strategy.prepare(model, needs_reference=needs_ref)  # on the device, sharded under fsdp
+    params = trainable_parameters(model)  # after sharding: FSDP2 replaces them with DTensor shards
     optimizer = _optimizer(params, config)
     scheduler = _scheduler(optimizer, config, total)
-    reduce = None
-    if world > 1:
-        # Not wrapped in DDP: the step runs m backward passes per update and averages the gradient buffer itself.
-        model.to(accelerator.device)
-        _broadcast_parameters(model)  # every process starts from the main process's weights
+    if strategy.name != "fsdp":  # fsdp state is saved sharded by torch.distributed.checkpoint instead
         optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
         accelerator.register_for_checkpointing(model)
-        reduce = _mean_across_processes(world)
-    else:
-        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    reference = Reference.from_model(model) if needs_ref else None
     accelerator.init_trackers("tensorboard", config={"seed": config.seed, "lr": config.optimizer.lr})
 
     aggregator = get_aggregator(config.aggregator.name, **_aggregator_options(config))
-    step_fn = MultiObjectiveStep(params, aggregator, names=labels, reduce=reduce)
+    grad_dtype = getattr(torch, config.grad_dtype) if config.grad_dtype else None
+    step_fn = MultiObjectiveStep(
+        params, aggregator, names=labels, reduction=strategy.reduction, grad_dtype=grad_dtype, max_norm=config.grad_clip
+    )
 
     metrics_path = run_dir / "metrics.jsonl"
     if start_step:
-        accelerator.load_state(str(run_dir / "checkpoints" / f"step_{start_step}"))
+        checkpoints.load(strategy, run_dir / "checkpoints" / f"step_{start_step}", model, optimizer, scheduler)
         if main:
             _truncate_metrics(metrics_path, start_step)
             _truncate_metrics(run_dir / "geffect.jsonl", start_step)
-    geffects = _geffect_callback(config, data, tracked, tokenizer, fmt, pad_id, run_dir) if main else None
+    geffects = (
+        _geffect_callback(config, data, tracked, tokenizer, fmt, pad_id, run_dir, strategy.device) if main else None
+    )
 
     eval_keys = config.evaluation.datasets or list(data)
     eval_sets = {key: data[key][: config.evaluation.max_items] for key in eval_keys}
@@ -316,9 +341,10 @@ def run(
         eval_dir.mkdir(exist_ok=True)
 
     def _evaluate(tag: str) -> dict[str, Any]:
-        """Evaluate on the main process (the weights are the same everywhere); the others wait for it."""
+        """Evaluate on the main process (whole weights are the same everywhere) or, sharded, on every process in
+        step (each forward needs all of them); only the main process writes."""
         result: dict[str, Any] = {}
-        if main:
+        if main or strategy.evaluates_on_every_process:
             result = evaluate_answers(
                 model,
                 tokenizer,
@@ -327,17 +353,19 @@ def run(
                 max_length=config.max_length,
                 accuracy=config.evaluation.accuracy,
                 max_new_tokens=config.evaluation.max_new_tokens,
-                progress=progress,
+                progress=progress and main,
                 desc=f"evaluate ({tag})",
             )
             if config.evaluation.suites:
-                result["suites"] = _evaluate_suites(
-                    config, model, tokenizer, reference, fmt, eval_dir / f"suites_{tag}", progress
-                )
+                with _suite_dir(eval_dir / f"suites_{tag}", main) as out:
+                    result["suites"] = _evaluate_suites(
+                        config, model, tokenizer, reference, fmt, out, progress and main
+                    )
+            model.train()
+        if main:
             evaluations[tag] = result
             atomic_write_text(eval_dir / f"{tag}.json", json.dumps(result, indent=2))
             accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=_step)
-            model.train()
         accelerator.wait_for_everyone()
         return result
 
@@ -352,7 +380,7 @@ def run(
         for step in range(start_step, total):
             _step = step + 1
             batches = [s.batch(step * world + rank) for s in samplers]
-            stats = step_fn(objective_closures(model, objectives, batches, reference))
+            stats = step_fn(_autocast(accelerator, objective_closures(model, objectives, batches, reference)))
             record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **_named(stats)}
             if not stats.finite:
                 bad_in_row += 1
@@ -364,7 +392,7 @@ def run(
             else:
                 bad_in_row = 0
                 if config.grad_clip is not None:
-                    record["clipped_norm"] = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+                    record["clipped_norm"] = stats.direction_norm  # ‖d‖ before clipping, as clip_grad_norm_ reports
                 optimizer.step()
                 scheduler.step()
             log_file.write(json.dumps(record) + "\n")
@@ -381,7 +409,7 @@ def run(
             if status != "completed":
                 break
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-                _checkpoint(accelerator, run_dir, step + 1, config.keep_checkpoints)
+                checkpoints.save(strategy, run_dir, step + 1, config.keep_checkpoints, model, optimizer, scheduler)
             if config.evaluation.every and (step + 1) % config.evaluation.every == 0 and step + 1 < total:
                 result = _evaluate(f"step_{step + 1}")  # every process: it waits for the main one's evaluation
                 if _from_main(accelerator, main and _check_stop(config, result)):
@@ -392,10 +420,11 @@ def run(
     if config.evaluation.after:
         _evaluate("after")
     model_dir = run_dir / "model"
+    whole = strategy.full_state_dict(model)  # a collective under fsdp: every process takes part
     if main:
         # overwrite: a resumed run replaces its own final model (swapped in atomically, old copy removed after).
         save_model(
-            accelerator.unwrap_model(model),
+            strategy.rebuild_on_main(whole, accelerator.unwrap_model(model)),
             tokenizer,
             model_dir,
             overwrite=True,
@@ -410,11 +439,21 @@ def run(
         "seed": config.seed,
         "model_dir": str(model_dir),
         "mode": config.mode,
-        "processes": world,
+        **describe(strategy),
     }
     if main:
         atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
     return RunResult(run_dir, model_dir, _step, status, history, evaluations)
+
+
+@contextlib.contextmanager
+def _suite_dir(path: Path, main: bool) -> Iterator[Path]:
+    """Where suite details go: ``path`` on the main process, a throwaway folder on the others (sharded evaluation)."""
+    if main:
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
 
 
 def _evaluate_suites(
@@ -461,6 +500,7 @@ def _geffect_callback(
     fmt: PromptFormat,
     pad_id: int,
     run_dir: Path,
+    device: torch.device,
 ):
     """The G-effect tracker the config asks for (fixed probe batches, so curves over steps are comparable)."""
     g = config.geffect
@@ -469,7 +509,8 @@ def _geffect_callback(
     from mollm.geffect.tracking import GEffectCallback
 
     def probe(key: str) -> dict[str, torch.Tensor]:
-        return collate([encode_record(r, tokenizer, fmt, config.max_length) for r in data[key][: g.batch_size]], pad_id)
+        examples = [encode_record(r, tokenizer, fmt, config.max_length) for r in data[key][: g.batch_size]]
+        return collate(examples, pad_id, device)
 
     forget_key = g.forget or config.objectives[0].data
     retain_key = g.retain or ("retain" if "retain" in data else None)
@@ -506,25 +547,6 @@ def _aggregator_options(config: RunConfig) -> dict[str, Any]:
     if config.aggregator.name == "linear" and "weights" not in opts:
         opts["weights"] = [o.weight for o in config.objectives]
     return opts
-
-
-def _checkpoint(accelerator: Accelerator, run_dir: Path, step: int, keep: int | None) -> None:
-    """Save accelerate state atomically (temp folder, then rename); then drop all but the newest ``keep``.
-
-    Every process takes part (each saves its own RNG state); only the main process renames and prunes."""
-    final = run_dir / "checkpoints" / f"step_{step}"
-    tmp = final.with_name(f".tmp_step_{step}")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        os.replace(tmp, final)
-        if keep is not None:
-            for old in _checkpoint_dirs(run_dir)[:-keep]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
 
 
 def _scalars(record: dict[str, Any]) -> dict[str, float]:

@@ -21,9 +21,11 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+from mollm.device import model_device, to_device
 
 if TYPE_CHECKING:
     from mollm.models.reference import Reference
@@ -63,6 +65,7 @@ class StepStats:
     bad_objective: str | None = None
     reason: str | None = None
     seconds: float = 0.0
+    clip_scale: float = 1.0  # factor applied to d by ``max_norm`` clipping (1: not clipped)
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +109,21 @@ def _check_loss(loss: Any, name: str) -> torch.Tensor:
     return loss.reshape(())
 
 
+class Reduction(Protocol):
+    """How several processes combine what each computed; ``engine/distributed.py`` implements it for DDP and FSDP.
+
+    The step calls ``start_row`` right after objective i's backward (so a data-parallel all-reduce of that row runs
+    under the next objective's compute) and every returned ``wait`` before the Gramian; ``mean_`` averages the
+    losses; ``sum_gramian_`` adds the partial Gramians of sharded rows (a no-op when every process holds whole rows).
+    """
+
+    def start_row(self, row: torch.Tensor) -> Callable[[], None]: ...
+
+    def mean_(self, values: torch.Tensor) -> None: ...
+
+    def sum_gramian_(self, gramian: torch.Tensor) -> None: ...
+
+
 class MultiObjectiveStep:
     """Combine the gradients of m objectives with a Gramian-based aggregator and leave the result in ``.grad``.
 
@@ -125,12 +143,17 @@ class MultiObjectiveStep:
 
     Args:
         model_or_params: a model (its parameters with ``requires_grad`` are used, re-read at every call so
-            freezing or unfreezing is picked up) or an explicit list of parameters.
+            freezing or unfreezing is picked up) or an explicit list of parameters. Parameters may be FSDP2 shards
+            (DTensors): each row then holds this process's shard of every gradient.
         aggregator: maps the (m, m) float64 Gramian to m coefficients, e.g. ``mollm.aggregators.get("mgda")``.
         names: one label per objective, used in the statistics; defaults to "0", "1", ...
-        reduce: in a data-parallel run, a function that averages a tensor in place across processes (e.g. an
-            all-reduce through ``accelerate``'s process group). It is applied to the (m, n) gradient buffer and the
-            losses before the Gramian is formed, so every process computes the same coefficients and update.
+        reduction: in a multi-process run, how rows, losses and Gramians are combined across processes
+            (:class:`Reduction`); every process then computes the same coefficients and update.
+        grad_dtype: dtype of the (m, n) buffer (default: the parameters' dtype). When it differs (e.g. bfloat16
+            rows for float32 weights) each gradient is copied into its row by a post-accumulate hook instead of being
+            accumulated there in place; the Gramian is still summed in float64.
+        max_norm: clip the combined gradient to this norm (‖d‖ = sqrt(cᵀ G c) comes from the Gramian, so clipping
+            needs no pass over the parameters and is the same for any number of processes or shards).
     """
 
     def __init__(
@@ -139,25 +162,39 @@ class MultiObjectiveStep:
         aggregator: Aggregator,
         *,
         names: Sequence[str] | None = None,
-        reduce: Callable[[torch.Tensor], None] | None = None,
+        reduction: Reduction | None = None,
+        grad_dtype: torch.dtype | None = None,
+        max_norm: float | None = None,
     ) -> None:
         if not callable(aggregator):
             raise TypeError(f"aggregator: expected a callable Gramian -> coefficients, got {type(aggregator).__name__}")
+        if max_norm is not None and not max_norm > 0:
+            raise ValueError(f"max_norm: expected a positive number or None, got {max_norm}")
         self._source: torch.nn.Module | list[torch.nn.Parameter] = (
             model_or_params if isinstance(model_or_params, torch.nn.Module) else list(model_or_params)
         )
         self.aggregator = aggregator
         self.names = list(names) if names is not None else None
-        self.reduce = reduce
+        self.reduction = reduction
+        self.grad_dtype = grad_dtype
+        self.max_norm = max_norm
         self._params: list[torch.nn.Parameter] = []
         self._signature: tuple[Any, ...] | None = None
         self._buffer: torch.Tensor | None = None
-        self._row_views: list[list[torch.Tensor]] = []
+        self._row_views: list[list[torch.Tensor]] = []  # local (shard) views of each row, one per parameter
+        self._row_grads: list[list[torch.Tensor]] = []  # what .grad is set to for row i (DTensor-wrapped shards)
+        self._hooks: list[Any] = []  # post-accumulate hooks when the buffer dtype differs from the parameters'
+        self._active_row: int | None = None
 
     @property
     def buffer_bytes(self) -> int:
         """Bytes held by the gradient buffer (m × trainable bytes; 0 before the first call)."""
         return 0 if self._buffer is None else self._buffer.numel() * self._buffer.element_size()
+
+    @property
+    def _in_place(self) -> bool:
+        """Autograd (or FSDP's reduce-scatter) accumulates straight into the rows: buffer and weights share a dtype."""
+        return self._buffer is not None and self._buffer.dtype == self._params[0].dtype
 
     def _prepare(self, m: int) -> list[torch.nn.Parameter]:
         """Collect the trainable parameters and (re)allocate the (m, n) buffer and its per-row views if needed."""
@@ -171,22 +208,46 @@ class MultiObjectiveStep:
                 "model_or_params: all trainable parameters must share one dtype and device for the flat gradient "
                 f"buffer, got dtypes {sorted(map(str, dtypes))} and devices {sorted(map(str, devices))}"
             )
-        signature = (m, tuple((id(p), tuple(p.shape)) for p in params), params[0].dtype, params[0].device)
+        dtype = self.grad_dtype or params[0].dtype
+        signature = (m, tuple((id(p), tuple(p.shape)) for p in params), params[0].dtype, dtype, params[0].device)
         if signature != self._signature:
-            n = sum(p.numel() for p in params)
-            self._buffer = None  # free the old buffer before allocating the new one
-            self._row_views = []
-            buffer = torch.empty((m, n), dtype=params[0].dtype, device=params[0].device)
+            for handle in self._hooks:
+                handle.remove()
+            self._buffer, self._row_views, self._row_grads, self._hooks = None, [], [], []  # free the old buffer first
+            locals_ = [_local(p) for p in params]
+            n = sum(t.numel() for t in locals_)
+            buffer = torch.empty((m, n), dtype=dtype, device=params[0].device)
             for i in range(m):
                 views, offset = [], 0
-                for p in params:
-                    views.append(buffer[i, offset : offset + p.numel()].view(p.shape))
-                    offset += p.numel()
+                for t in locals_:
+                    views.append(buffer[i, offset : offset + t.numel()].view(t.shape))
+                    offset += t.numel()
                 self._row_views.append(views)
-            self._buffer = buffer
-            self._params = params
-            self._signature = signature
+                self._row_grads.append([_like_param(v, p) for v, p in zip(views, params)])
+            self._buffer, self._params, self._signature = buffer, params, signature
+            if not self._in_place:
+                self._hooks = [p.register_post_accumulate_grad_hook(self._copy_hook(k)) for k, p in enumerate(params)]
         return self._params
+
+    def _copy_hook(self, k: int) -> Callable[[torch.Tensor], None]:
+        def hook(param: torch.Tensor) -> None:
+            if self._active_row is None or param.grad is None:  # a backward outside this step: leave it alone
+                return
+            self._row_views[self._active_row][k].add_(_local(param.grad))
+            param.grad = None  # one parameter's gradient at a time in the weights' dtype, never all of them
+
+        return hook
+
+    def _bind_row(self, params: list[torch.nn.Parameter], i: int) -> None:
+        """Make objective i's backward land in row i."""
+        self._active_row = i
+        for p, g in zip(params, self._row_grads[i]):
+            p.grad = g if self._in_place else None
+
+    def _expose_result(self, params: list[torch.nn.Parameter], m: int) -> None:
+        """Point every ``.grad`` at the combined row (converted to the weights' dtype when the buffer's differs)."""
+        for p, g in zip(params, self._row_grads[m - 1]):
+            p.grad = g if self._in_place else _like_param(_local(g).to(p.dtype), p)
 
     def _names(self, m: int) -> list[str]:
         if self.names is None:
@@ -220,6 +281,8 @@ class MultiObjectiveStep:
         except BaseException:
             self._restore(params, saved, old_range)  # an error in an objective leaves the caller's .grad as it was
             raise
+        finally:
+            self._active_row = None
         if not stats.finite:
             self._restore(params, saved, old_range)
         stats.seconds = time.perf_counter() - start
@@ -236,6 +299,8 @@ class MultiObjectiveStep:
         buffer.zero_()
         losses: list[float | None] = [None] * m
         timings: dict[str, float] = {}
+        reduction = self.reduction
+        sharded = callable(getattr(params[0], "to_local", None))
 
         def abandon(index: int | None, what: str) -> StepStats:
             name = names[index] if index is not None else None
@@ -250,23 +315,33 @@ class MultiObjectiveStep:
             )
 
         t0 = time.perf_counter()
+        waits: list[Callable[[], None]] = []
+        loss_values: list[torch.Tensor] = []
         for i, closure in enumerate(loss_closures):
-            for p, view in zip(params, self._row_views[i]):
-                p.grad = view
+            self._bind_row(params, i)
             loss = _check_loss(closure(), names[i])
-            losses[i] = float(loss.detach())
-            if not math.isfinite(losses[i]) and self.reduce is None:
-                return abandon(i, "loss")
-            # With `reduce`, a non-finite loss still goes through backward: its NaN gradient reaches every process
+            loss_values.append(loss.detach())
+            if reduction is None:
+                losses[i] = float(loss_values[i])  # one host sync per objective; only single-process runs stop early
+                if not math.isfinite(losses[i]):
+                    return abandon(i, "loss")
+            # With a reduction, a non-finite loss still goes through backward: its NaN gradient reaches every process
             # through the reduction, so all of them skip the step together instead of waiting for each other.
-            loss.backward(inputs=params)  # inputs=: never accumulate into parameters outside this step
+            if sharded:  # FSDP2: autograd reaches the gathered weights, and FSDP reduce-scatters into the shards
+                loss.backward()
+            else:
+                loss.backward(inputs=params)  # inputs=: never accumulate into parameters outside this step
             del loss  # free the graph's outputs before the next objective's forward
+            if reduction is not None:
+                waits.append(reduction.start_row(buffer[i]))  # overlaps with the next objective's compute
+        self._active_row = None
         timings["backward"] = time.perf_counter() - t0
-        if self.reduce is not None:
+        if reduction is not None:
             t0 = time.perf_counter()
-            self.reduce(buffer)
-            mean_losses = torch.tensor(losses, dtype=torch.float64, device=buffer.device)
-            self.reduce(mean_losses)
+            for wait in waits:
+                wait()
+            mean_losses = torch.stack(loss_values).to(torch.float64)
+            reduction.mean_(mean_losses)
             losses[:] = mean_losses.tolist()
             timings["reduce"] = time.perf_counter() - t0
             bad_loss = [i for i in range(m) if not math.isfinite(losses[i])]
@@ -275,6 +350,9 @@ class MultiObjectiveStep:
 
         t0 = time.perf_counter()
         gramian = _gramian(buffer)
+        if reduction is not None:
+            reduction.sum_gramian_(gramian)  # m × m numbers: the only traffic a sharded step adds
+        gramian = gramian.cpu()  # the one device -> host crossing of the step
         timings["gramian"] = time.perf_counter() - t0
         diag = gramian.diagonal().tolist()
         bad = [i for i in range(m) if not math.isfinite(diag[i])]
@@ -290,29 +368,53 @@ class MultiObjectiveStep:
             return abandon(None, "coefficients")
 
         t0 = time.perf_counter()
-        _combine_in_place(buffer, coefficients)
-        for p, view in zip(params, self._row_views[m - 1]):  # usually already there; cheap to make sure
-            p.grad = view
+        stats = _statistics(gramian, coefficients)
+        scale = 1.0
+        if self.max_norm is not None:
+            # torch.nn.utils.clip_grad_norm_'s rule, on the norm the Gramian already gives.
+            scale = min(1.0, self.max_norm / (stats["direction_norm"] + 1e-6))
+        _combine_in_place(buffer, coefficients * scale)
+        self._expose_result(params, m)
         timings["combine"] = time.perf_counter() - t0
-        return StepStats(names=list(names), losses=losses, timings=timings, **_statistics(gramian, coefficients))
+        return StepStats(names=list(names), losses=losses, timings=timings, clip_scale=scale, **stats)
 
     @staticmethod
     def _restore(
         params: list[torch.nn.Parameter], saved: list[torch.Tensor | None], old_range: tuple[int, int] | None
     ) -> None:
         for p, g in zip(params, saved):
-            if g is not None and old_range is not None and old_range[0] <= g.data_ptr() < old_range[1]:
+            if g is not None and old_range is not None and old_range[0] <= _local(g).data_ptr() < old_range[1]:
                 g = None  # a view of the (reused) buffer from our previous call: its content is gone
             p.grad = g
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: the local shard of an FSDP2 DTensor, the tensor itself otherwise."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+def _like_param(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``local`` as a gradient for ``param``: wrapped as a DTensor with the parameter's sharding when it is one."""
+    if not callable(getattr(param, "to_local", None)):
+        return local
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        local, param.device_mesh, param.placements, run_check=False, shape=param.shape, stride=param.stride()
+    )
+
+
 def _gramian(buffer: torch.Tensor) -> torch.Tensor:
-    """G = B Bᵀ in float64: float32 products over column chunks, summed in float64 (see ``_GRAMIAN_CHUNK``)."""
+    """G = B Bᵀ in float64 on the buffer's device: float32 products over column chunks (see ``_GRAMIAN_CHUNK``)
+    summed in float64, with no host synchronisation (the caller moves the m × m result once)."""
     m, n = buffer.shape
-    gramian = torch.zeros((m, m), dtype=torch.float64)
+    gramian = torch.zeros((m, m), dtype=torch.float64, device=buffer.device)
     for start in range(0, n, _GRAMIAN_CHUNK):
         chunk = buffer[:, start : start + _GRAMIAN_CHUNK]
-        gramian += (chunk @ chunk.T).to(device="cpu", dtype=torch.float64)
+        if chunk.dtype != torch.float32:
+            chunk = chunk.float()  # a bfloat16 product would round every partial sum to 3 significant digits
+        gramian += (chunk @ chunk.T).to(torch.float64)
     return (gramian + gramian.T) / 2  # exactly symmetric for the solver
 
 
@@ -404,4 +506,6 @@ def objective_closures(
     """Closures ``lambda: objective(model, batch, reference)`` for a step, one per (objective, batch) pair."""
     if len(objectives) != len(batches):
         raise ValueError(f"batches: {len(batches)} batches given for {len(objectives)} objectives")
+    device = model_device(model)
+    batches = [to_device(b, device) for b in batches]  # a no-op for batches collated on the device
     return [(lambda o=objective, b=batch: o(model, b, reference)) for objective, batch in zip(objectives, batches)]

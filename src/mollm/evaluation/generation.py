@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mollm.data.encode import PromptFormat
+from mollm.device import model_device, to_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -19,13 +20,6 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if pad is None:
         raise ValueError("tokenizer has neither a pad_token_id nor an eos_token_id; cannot pad a batch")
     return int(pad)
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 @torch.no_grad()
@@ -56,7 +50,7 @@ def generate(
     if not prompts:
         return []
     pad = _pad_id(tokenizer)
-    device = _device(model)
+    device = model_device(model)
     encoded = [tokenizer(fmt.prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in prompts]
     for i, ids in enumerate(encoded):
         if not ids:
@@ -77,9 +71,9 @@ def generate(
                 ids = encoded[i]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids) :] = 1
+            inputs = to_device({"input_ids": input_ids, "attention_mask": attention}, device)
             generated = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
+                **inputs,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,

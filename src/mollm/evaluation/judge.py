@@ -259,6 +259,8 @@ class HFClassifierJudge(Judge):
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         import torch
 
+        from mollm.device import to_device
+
         _check_inputs(prompts, responses)
         out: list[float] = []
         for start in range(0, len(responses), self.batch_size):
@@ -276,7 +278,7 @@ class HFClassifierJudge(Judge):
                 enc = self.tokenizer(
                     resp, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
                 )
-            enc = {k: v.to(self.device) for k, v in enc.items()}
+            enc = to_device(dict(enc), self.device)
             with torch.no_grad():
                 logits = self.model(**enc).logits.double()
             if self.num_labels == 1 or self.multi_label:

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from mollm.data.encode import DataError, PromptFormat, collate, encode_batch
 from mollm.data.records import QARecord
 from mollm.evaluation import stats
-from mollm.evaluation.generation import _device, _pad_id, generate
+from mollm.device import model_device, to_device
+from mollm.evaluation.generation import _pad_id, generate
 from mollm.evaluation.text import rouge_l_recall
 from mollm.objectives.base import IGNORE_INDEX
 
@@ -72,14 +73,14 @@ def _score_batches(
     desc: str = "score",
 ) -> list[AnswerScores]:
     module = _module(model)
-    device = _device(module)
+    device = model_device(module)
     was_training = module.training
     module.eval()
     out: list[AnswerScores] = []
     try:
         bar = tqdm(total=n_items, desc=desc, unit="item", disable=not progress, leave=False)
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = to_device(batch, device)
             logits = _logits(model, batch)[:, :-1]
             labels = batch["labels"][:, 1:]
             mask = labels.ne(IGNORE_INDEX)

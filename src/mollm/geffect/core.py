@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from mollm.device import model_device, to_device
 from mollm.geffect.groups import ParamGroups, param_groups
 from mollm.geffect.weights import SUPPORTED, ImplicitWeights, implicit_weights
 from mollm.objectives.base import Batch, Objective, token_logprobs
@@ -299,6 +300,11 @@ def compute_geffects(
     _check_batch(forget_batch, "forget_batch")
     if retain_batch is not None:
         _check_batch(retain_batch, "retain_batch")
+    device = model_device(model)
+    forget_batch = to_device(forget_batch, device)
+    retain_batch = to_device(retain_batch, device) if retain_batch is not None else None
+    if objective_batches is not None:
+        objective_batches = {k: to_device(b, device) for k, b in objective_batches.items()}
     groups = groups if groups is not None else param_groups(model)
     params = groups.params
     depth_keys = [groups.depth_of_group[g] for g in groups.group_of]

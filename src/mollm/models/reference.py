@@ -12,8 +12,11 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from mollm.device import model_device, to_device
 
-def _is_peft(model: torch.nn.Module) -> bool:
+
+def is_peft(model: torch.nn.Module) -> bool:
+    """A PEFT model (adapters that can be disabled to recover the base model)."""
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
@@ -27,12 +30,17 @@ class Reference:
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> Reference:
         """Snapshot ``model`` as the reference: adapter-disabled view for PEFT models, frozen deep copy otherwise."""
-        if _is_peft(model):
+        if is_peft(model):
             return cls(model, shares_weights=True)
         frozen = copy.deepcopy(model)
         frozen.eval()
         frozen.requires_grad_(False)
         return cls(frozen, shares_weights=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the reference's weights (or local shards) live; its inputs are moved there."""
+        return model_device(self._model)
 
     @contextlib.contextmanager
     def _active(self) -> Iterator[torch.nn.Module]:
@@ -50,10 +58,12 @@ class Reference:
 
     def forward(self, batch: Mapping[str, torch.Tensor], *, output_hidden_states: bool = False):
         """Run the reference on ``batch`` (input_ids, attention_mask) and return the Hugging Face model output."""
+        inputs = to_device(
+            {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}, self.device
+        )
         with self._active() as model:
             return model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch.get("attention_mask"),
+                **inputs,
                 output_hidden_states=output_hidden_states,
             )
 
