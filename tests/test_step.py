@@ -298,3 +298,71 @@ def test_stats_to_dict_is_json():
     stats = StepStats(names=["a"], losses=[float("inf")], grad_norms=[1.0], seconds=0.5)
     out = json.loads(json.dumps(stats.to_dict(), allow_nan=False))
     assert out["losses"] == [None] and out["grad_norms"] == [1.0] and out["finite"] is True
+
+
+def test_bfloat16_rows_give_the_float32_step_within_bfloat16_rounding():
+    model = _model()
+    params = trainable_parameters(model)
+    closures = _closures(model)
+    exact = MultiObjectiveStep(params, get_aggregator("ds_mgda"))(closures)
+    want = _flat_grad(params)
+    step = MultiObjectiveStep(params, get_aggregator("ds_mgda"), grad_dtype=torch.bfloat16)
+    stats = step(closures)
+    assert step._buffer.dtype == torch.bfloat16 and step.buffer_bytes == 3 * sum(p.numel() for p in params) * 2
+    assert all(p.grad.dtype == torch.float32 for p in params)  # the optimizer sees the weights' dtype
+    # bfloat16 keeps 8 bits of mantissa: ~0.4 % per entry; the float64 Gramian keeps the coefficients close.
+    assert stats.coefficients == pytest.approx(exact.coefficients, rel=2e-2, abs=1e-3)
+    got = _flat_grad(params)
+    assert float((got - want).norm() / want.norm()) < 2e-2
+
+
+def test_bfloat16_rows_leave_backward_passes_outside_the_step_alone():
+    model = _model()
+    params = trainable_parameters(model)
+    step = MultiObjectiveStep(params, get_aggregator("mgda"), grad_dtype=torch.bfloat16)
+    step(_closures(model))
+    model.zero_grad(set_to_none=True)
+    get_objective("nll")(model, _batch(5)).backward()  # the copy hooks must not swallow this gradient
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
+
+
+def test_max_norm_clips_like_clip_grad_norm():
+    model = _model()
+    params = trainable_parameters(model)
+    closures = _closures(model)
+    MultiObjectiveStep(params, get_aggregator("mgda"))(closures)
+    want = [p.grad.clone() for p in params]
+    norm = torch.nn.utils.clip_grad_norm_(params, 0.01)
+    step = MultiObjectiveStep(params, get_aggregator("mgda"), max_norm=0.01)
+    stats = step(closures)
+    assert stats.direction_norm == pytest.approx(float(norm), rel=1e-5) and stats.clip_scale < 1
+    for p, w in zip(params, want):
+        torch.testing.assert_close(p.grad, w * (0.01 / (float(norm) + 1e-6)), rtol=1e-4, atol=1e-9)
+
+
+class _RecordingReduction:
+    """A one-process stand-in for the data-parallel reduction that records when each row's reduction starts."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def start_row(self, row: torch.Tensor):
+        self.events.append("start row")
+        return lambda: self.events.append("wait")
+
+    def mean_(self, values: torch.Tensor) -> None:
+        self.events.append("mean losses")
+
+    def sum_gramian_(self, gramian: torch.Tensor) -> None:
+        self.events.append("sum gramian")
+
+
+def test_each_row_reduction_starts_right_after_its_backward_before_the_next_forward():
+    model = _model()
+    events: list[str] = []
+    closures = [(lambda c=c, i=i: (events.append(f"forward {i}"), c())[1]) for i, c in enumerate(_closures(model))]
+    MultiObjectiveStep(model, get_aggregator("mgda"), reduction=_RecordingReduction(events))(closures)
+    forwards = [e for e in events if e.startswith(("forward", "start"))]
+    assert [e.split()[0] for e in forwards] == ["forward", "start", "forward", "start", "forward", "start"]
+    # Every wait comes after the last backward and before the Gramian is summed.
+    assert events[-5:] == ["wait", "wait", "wait", "mean losses", "sum gramian"]

@@ -75,8 +75,9 @@ class Strategy:
 
     name: StrategyName = "single"
 
-    def __init__(self, accelerator: Accelerator) -> None:
+    def __init__(self, accelerator: Accelerator, mixed_precision: str = "no") -> None:
         self.accelerator = accelerator
+        self.mixed_precision = mixed_precision
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
         self.device = accelerator.device
@@ -128,8 +129,8 @@ class FullySharded(Strategy):
 
     name: StrategyName = "fsdp"
 
-    def __init__(self, accelerator: Accelerator) -> None:
-        super().__init__(accelerator)
+    def __init__(self, accelerator: Accelerator, mixed_precision: str = "no") -> None:
+        super().__init__(accelerator, mixed_precision)
         self._skeleton: torch.nn.Module | None = None
 
     @property
@@ -145,7 +146,7 @@ class FullySharded(Strategy):
 
         blocks = shard_units(model)
         policy = MixedPrecisionPolicy()
-        if self.accelerator.mixed_precision == "bf16":
+        if self.mixed_precision == "bf16":
             # bf16 all-gathers and compute; gradients reduce-scatter in float32 into float32 shards.
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in blocks:
@@ -211,7 +212,7 @@ def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return units
 
 
-def make_strategy(accelerator: Accelerator, requested: StrategyName | None) -> Strategy:
+def make_strategy(accelerator: Accelerator, requested: StrategyName | None, mixed_precision: str = "no") -> Strategy:
     """The strategy for this launch: ``requested`` (``distributed.strategy``), or ``ddp`` when several processes run
     and ``single`` otherwise. accelerate's own FSDP/DeepSpeed plugins are refused: mollm shards with FSDP2 itself."""
     from accelerate.utils import DistributedType
@@ -224,28 +225,12 @@ def make_strategy(accelerator: Accelerator, requested: StrategyName | None) -> S
             "falls back to data parallelism on CPU, and its sharding does not expose the per-objective rows)"
         )
     name = requested or "ddp"
-    if name == "ddp" and world == 1:
-        name = "single"  # one process: data parallelism is the plain step
+    if name != "single" and world == 1:
+        name = "single"  # one process: data parallelism and a 1-rank shard are both the plain step
     if name == "single" and world > 1:
         raise DistributedError(f"distributed.strategy=single, but {world} processes were launched")
     strategies: dict[str, type[Strategy]] = {"single": Strategy, "ddp": DataParallel, "fsdp": FullySharded}
-    if name == "fsdp" and not torch.distributed.is_initialized():
-        _init_single_process_group(accelerator)
-    return strategies[name](accelerator)
-
-
-def _init_single_process_group(accelerator: Accelerator) -> None:
-    """FSDP2 needs a process group even for one process (a 1-rank mesh), e.g. for a run that is not launched."""
-    import os
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(port))
-    backend = "nccl" if accelerator.device.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend, rank=0, world_size=1)
+    return strategies[name](accelerator, mixed_precision)
 
 
 def describe(strategy: Strategy) -> dict[str, Any]:

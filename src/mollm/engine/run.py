@@ -195,8 +195,11 @@ def _build_model(
     """The model to train, on the host: loaded from ``config.model`` unless given, with checkpointing and LoRA."""
     from mollm.models.loading import load_model
 
+    dtype = getattr(torch, config.dtype)
     if model is None:
-        model, tokenizer = load_model(config.model, dtype=getattr(torch, config.dtype))
+        model, tokenizer = load_model(config.model, dtype=dtype)
+    elif any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+        model.to(dtype)  # a model object given directly still trains in the configured dtype
     if tokenizer is None:
         raise RunError("a tokenizer is required when a model object is given")
     if config.gradient_checkpointing:
@@ -214,30 +217,39 @@ def _build_model(
     return model, tokenizer
 
 
+def _mixed_precision(config: RunConfig) -> str:
+    """``mixed_precision`` from the config, else from ``accelerate launch --mixed_precision`` (its environment)."""
+    value = config.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if value not in ("no", "bf16"):
+        raise RunError(
+            f"mixed_precision={value}: only 'no' and 'bf16' are supported (fp16 needs loss scaling, which would "
+            "rescale every objective's row differently from step to step)"
+        )
+    return value
+
+
 def _accelerator(config: RunConfig) -> Accelerator:
-    accelerator = Accelerator(
+    # mollm autocasts itself (and FSDP casts its all-gathers), so accelerate's own precision stays "no": its state is
+    # per process, and several runs in one process (a sweep) may use different settings.
+    return Accelerator(
         cpu=not torch.cuda.is_available(),
-        mixed_precision=config.mixed_precision,
+        mixed_precision="no",
         log_with="tensorboard",
         project_dir=str(config.run_dir),
         step_scheduler_with_optimizer=False,
     )
-    if accelerator.mixed_precision not in ("no", "bf16"):
-        raise RunError(
-            f"mixed_precision={accelerator.mixed_precision}: only 'no' and 'bf16' are supported (fp16 needs loss "
-            "scaling, which would rescale every objective's row differently from step to step)"
-        )
-    return accelerator
 
 
-def _autocast(accelerator: Accelerator, closures: list[Callable[[], torch.Tensor]]) -> list[Callable[[], torch.Tensor]]:
-    """Each objective's forward under accelerate's autocast (bf16 matmuls, float32 softmax); backward outside it."""
-    if accelerator.mixed_precision == "no":
+def _autocast(
+    precision: str, device: torch.device, closures: list[Callable[[], torch.Tensor]]
+) -> list[Callable[[], torch.Tensor]]:
+    """Each objective's forward under bf16 autocast (bf16 matmuls, float32 softmax); its backward outside it."""
+    if precision == "no":
         return closures
 
     def wrap(closure: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         def forward() -> torch.Tensor:
-            with accelerator.autocast():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 return closure()
 
         return forward
@@ -273,8 +285,10 @@ def run(
     from mollm.objectives import get as get_objective
     from mollm.objectives import prepare_records, read_refusals
 
+    precision = _mixed_precision(config)
+    config = config.model_copy(update={"mixed_precision": precision})  # config.yaml records what was used
     accelerator = _accelerator(config)
-    strategy = make_strategy(accelerator, config.distributed.strategy)
+    strategy = make_strategy(accelerator, config.distributed.strategy, precision)
     world, rank, main = strategy.world, strategy.rank, accelerator.is_main_process
     run_dir, start_step = config.run_dir, _prepare_run_dir_on_main(config, accelerator)
     if main:
@@ -380,7 +394,8 @@ def run(
         for step in range(start_step, total):
             _step = step + 1
             batches = [s.batch(step * world + rank) for s in samplers]
-            stats = step_fn(_autocast(accelerator, objective_closures(model, objectives, batches, reference)))
+            closures = objective_closures(model, objectives, batches, reference)
+            stats = step_fn(_autocast(precision, strategy.device, closures))
             record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **_named(stats)}
             if not stats.finite:
                 bad_in_row += 1

@@ -409,7 +409,8 @@ def _load_adapter(
     return model, tokenizer
 
 
-_CHECKPOINT_WEIGHTS = ("model.safetensors", "custom_checkpoint_0.pkl")  # one process / data-parallel runs
+# One process / data-parallel runs (accelerate state), fsdp runs (torch.distributed.checkpoint shards).
+_CHECKPOINT_WEIGHTS = ("model.safetensors", "custom_checkpoint_0.pkl", "dcp/.metadata")
 
 
 def _is_run_checkpoint(path: Path) -> bool:
@@ -445,6 +446,15 @@ def _load_run_checkpoint(
         from safetensors.torch import load_file
 
         state = load_file(str(path / "model.safetensors"))
+    elif (path / "dcp" / ".metadata").is_file():
+        import torch.distributed.checkpoint as dcp
+
+        # Sharded by several processes; one process reads every shard into the whole model (no process group).
+        wanted = {"model": {k: v for k, v in model.state_dict().items() if not k.endswith("lm_head.weight")}}
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message=".*load in a single process")
+            dcp.load(wanted, checkpoint_id=str(path / "dcp"))
+        state = wanted["model"]
     else:
         state = torch.load(path / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -1,9 +1,9 @@
-"""Tiny randomly initialised causal LMs for fast tests (Llama architecture, like the embedded SmolLM2)."""
+"""Tiny randomly initialised causal LMs for fast tests (Llama, like the embedded SmolLM2; GPT-2 as a second one)."""
 
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
 def tiny_model(
@@ -31,6 +31,28 @@ def tiny_model(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    model.eval()
+    return model
+
+
+def tiny_gpt2(vocab_size: int = 49152, *, num_layers: int = 2, hidden_size: int = 64, seed: int = 0) -> GPT2LMHeadModel:
+    """A small random GPT-2 (learned positions, fused Conv1D attention, ``GPT2Block``): another architecture for
+    code that must not assume Llama's module names (FSDP's per-block sharding, LoRA targets)."""
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=hidden_size,
+        n_layer=num_layers,
+        n_head=4,
+        n_positions=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config)
     model.eval()
     return model
 
