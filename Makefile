@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench gpu-smoke clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_overhead.py
+
+# On a CUDA machine: whatever CUDA build of torch is installed, no venv, nothing downloaded (bench/gpu_smoke.py).
+# Options through ARGS, e.g. make gpu-smoke ARGS="--model PATH --only fp32,lora".
+gpu-smoke:
+	PYTHONPATH=src $(PY) bench/gpu_smoke.py $(ARGS)
 
 clean:
 	rm -rf $(VENV)

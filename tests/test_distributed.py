@@ -119,7 +119,7 @@ def test_ddp_and_fsdp_match_one_process_with_twice_the_batch_and_fsdp_resumes(tm
     assert [x["step"] for x in _metrics(tmp_path / "fsdp")] == [1, 2, 3, 4]
 
 
-def test_fsdp_shards_another_architecture_lora_adapters_and_bf16(tmp_path, tokenizer):
+def test_fsdp_shards_another_architecture_lora_adapters_bf16_and_hybrid(tmp_path, tokenizer):
     gpt2 = _save_model(tiny_gpt2(), tokenizer, tmp_path / "gpt2_weights")
     llama = _save_model(tiny_model(), tokenizer, tmp_path / "llama_weights")
     lora = {"r": 4, "alpha": 8, "merge": True}
@@ -128,9 +128,11 @@ def test_fsdp_shards_another_architecture_lora_adapters_and_bf16(tmp_path, token
         "gpt2": {**_tree(tmp_path, "gpt2", batch=2), "model": gpt2, "evaluation": no_eval},
         "lora": {**_tree(tmp_path, "lora", batch=2), "model": llama, "lora": lora, "evaluation": no_eval},
         "bf16": {**_tree(tmp_path, "bf16", batch=2), "model": llama, "evaluation": no_eval},
+        "hsdp": {**_tree(tmp_path, "hsdp", batch=2), "model": llama, "evaluation": no_eval},
     }
     for name, tree in trees.items():
-        sharded = {**tree, "distributed": {"strategy": "fsdp"}}
+        # hsdp: a 2-D mesh, shards of size 1 replicated over 2 processes (the multi-node layout, one node per process)
+        sharded = {**tree, "distributed": {"strategy": "fsdp", "shard_size": 1 if name == "hsdp" else None}}
         if name == "bf16":  # FSDP's bf16 all-gathers and compute, float32 reduce-scatter, against a float32 run
             sharded["mixed_precision"] = "bf16"
         _launch_two(_write(tmp_path, sharded))

@@ -27,6 +27,12 @@ def model_device(model: object) -> torch.device:
     return torch.device("cpu")
 
 
+def default_device() -> torch.device:
+    """Where a model loaded for inference (``mollm eval``, ``generate``, ``geffect``) runs: the current CUDA device
+    when there is one, else the CPU. Training runs take theirs from accelerate instead."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def _place(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     # non_blocking: host->GPU copies of (pinned or not) token ids overlap with queued kernels.
     return tensor.to(device, non_blocking=True)

@@ -93,12 +93,13 @@ def generate(
     from mollm.data.prompts import read_prompts
     from mollm.evaluation.generation import generate as _generate
     from mollm.models.loading import load_model
+    from mollm.device import default_device  # noqa: PLC0415
 
     if out.exists() and not overwrite:
         _fail(FileExistsError(f"{out} exists; pass --overwrite to replace it"))
     try:
         texts = read_prompts(prompts)
-        lm, tok = load_model(model)
+        lm, tok = load_model(model, device=default_device())
     except (DataError, ValueError, FileNotFoundError) as err:
         _fail(err)
         return

@@ -185,6 +185,7 @@ def _compute(
     from mollm.geffect.tracking import step_of  # noqa: PLC0415
     from mollm.geffect.verify import verify_first_order  # noqa: PLC0415
     from mollm.models.loading import load_model  # noqa: PLC0415
+    from mollm.device import default_device  # noqa: PLC0415
     from mollm.models.reference import Reference  # noqa: PLC0415
 
     if prompt_format not in ("plain", "chat"):
@@ -206,7 +207,7 @@ def _compute(
             raise typer.BadParameter(f"checkpoint folder not found: {s}", param_hint="--checkpoint")
     forget_recs = load_dataset_spec(forget, limit=n_forget)
     retain_recs = load_dataset_spec(retain, limit=n_retain) if retain else None
-    fixed_ref = Reference.from_model(load_model(reference_spec)[0]) if reference_spec else None
+    fixed_ref = Reference.from_model(load_model(reference_spec, device=default_device())[0]) if reference_spec else None
     grad_ema = GradEMA() if ema else None
     fmt = PromptFormat(kind=prompt_format)  # type: ignore[arg-type]
     rows: list[dict[str, Any]] = []
@@ -214,7 +215,7 @@ def _compute(
     first_ref = None
     for k, spec in enumerate(specs):
         typer.echo(f"[{k + 1}/{len(specs)}] loading {spec or 'the embedded model'}")
-        model, tok = load_model(spec)
+        model, tok = load_model(spec, device=default_device())
         fb = encode_batch(forget_recs, tok, fmt, max_length)
         rb = encode_batch(retain_recs, tok, fmt, max_length) if retain_recs else None
         if fixed_ref is not None:

@@ -135,6 +135,15 @@ class DistributedConfig(_Strict):
     FSDP2. One process always runs the plain step."""
 
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    # fsdp only: shard within groups of this many processes and replicate across groups (HSDP, e.g. the GPUs of one
+    # node); null: shard across all processes.
+    shard_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _shard_size_needs_fsdp(self) -> DistributedConfig:
+        if self.shard_size is not None and self.strategy != "fsdp":
+            raise ValueError("shard_size applies to strategy: fsdp only")
+        return self
 
 
 class RunConfig(_Strict):

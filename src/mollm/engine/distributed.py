@@ -12,7 +12,9 @@ combination; a strategy only says where the model lives, how a gradient row is r
   root. Each objective's backward reduce-scatters into this process's shards, which fill its (m, n_local) rows; the
   partial Gramians are all-reduced (m × m numbers), so every process gets the same coefficients and combines its own
   shards; the optimizer steps on sharded parameters. The reference model is sharded too (LoRA: the adapter-disabled
-  model itself, no copy).
+  model itself, no copy). With ``distributed.shard_size`` (HSDP, e.g. across nodes) the mesh is 2-D: shards within
+  groups of that many processes, replicas across groups; FSDP averages over both, and the partial Gramians are
+  summed within a shard group only.
 
 Not wrapped in ``DistributedDataParallel``: the step runs m backward passes per update and reduces rows itself.
 """
@@ -61,13 +63,18 @@ class _Average:
 
 
 class _Sharded(_Average):
-    """FSDP2 reduction: FSDP's reduce-scatter already averaged each row's shards; partial Gramians add up."""
+    """FSDP2 reduction: FSDP's reduce-scatter already averaged each row's shards; the partial Gramians of one shard
+    group add up to the whole Gramian (under HSDP every replica group holds the same shards, so only ``group``)."""
+
+    def __init__(self, world: int, group: Any = None) -> None:
+        super().__init__(world)
+        self.group = group
 
     def start_row(self, row: torch.Tensor) -> Callable[[], None]:
         return lambda: None
 
     def sum_gramian_(self, gramian: torch.Tensor) -> None:
-        torch.distributed.all_reduce(gramian, op=torch.distributed.ReduceOp.SUM)
+        torch.distributed.all_reduce(gramian, op=torch.distributed.ReduceOp.SUM, group=self.group)
 
 
 class Strategy:
@@ -119,8 +126,7 @@ class DataParallel(Strategy):
 
     def prepare(self, model: torch.nn.Module, *, needs_reference: bool) -> tuple[torch.nn.Module, Reference | None]:
         model.to(self.device)
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            torch.distributed.broadcast(tensor.data, src=0)  # every process starts from the main process's weights
+        _broadcast_from_main(model, self.device)
         return super().prepare(model, needs_reference=needs_reference)
 
 
@@ -129,13 +135,25 @@ class FullySharded(Strategy):
 
     name: StrategyName = "fsdp"
 
-    def __init__(self, accelerator: Accelerator, mixed_precision: str = "no") -> None:
+    def __init__(self, accelerator: Accelerator, mixed_precision: str = "no", shard_size: int | None = None) -> None:
         super().__init__(accelerator, mixed_precision)
         self._skeleton: torch.nn.Module | None = None
+        size = shard_size or self.world
+        if self.world % size:
+            raise DistributedError(f"distributed.shard_size={size} does not divide the {self.world} processes")
+        from torch.distributed.device_mesh import init_device_mesh
+
+        kind = self.device.type
+        if size == self.world:
+            self.mesh = init_device_mesh(kind, (self.world,))
+            self._group = None
+        else:  # HSDP: replicate across groups (e.g. nodes), shard within each
+            self.mesh = init_device_mesh(kind, (self.world // size, size), mesh_dim_names=("replicate", "shard"))
+            self._group = self.mesh.get_group("shard")
 
     @property
     def reduction(self) -> _Sharded:
-        return _Sharded(self.world)
+        return _Sharded(self.world, self._group)
 
     @property
     def evaluates_on_every_process(self) -> bool:
@@ -150,16 +168,16 @@ class FullySharded(Strategy):
             # bf16 all-gathers and compute; gradients reduce-scatter in float32 into float32 shards.
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         for block in blocks:
-            fully_shard(block, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
+            fully_shard(block, mesh=self.mesh, mp_policy=policy)
+        fully_shard(model, mesh=self.mesh, mp_policy=policy)
         return model
 
     def prepare(self, model: torch.nn.Module, *, needs_reference: bool) -> tuple[torch.nn.Module, Reference | None]:
         from mollm.models.reference import Reference, is_peft
 
-        model.to(self.device)
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            torch.distributed.broadcast(tensor.data, src=0)
+        # The whole model stays on the host: fully_shard moves only this process's shards to the device, so a model
+        # larger than one device's memory is never materialised on it.
+        _broadcast_from_main(model, self.device)
         if self.accelerator.is_main_process:
             # Weights-free twin (meta device) to rebuild the whole model into for the final Hugging Face folder.
             self._skeleton = copy.deepcopy(model).to("meta")
@@ -195,6 +213,18 @@ class FullySharded(Strategy):
         return whole
 
 
+def _broadcast_from_main(model: torch.nn.Module, device: torch.device) -> None:
+    """Every process starts from the main process's weights (a model built in code may differ by seed). One tensor
+    at a time through ``device``, since NCCL broadcasts device memory only."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.device == device:
+            torch.distributed.broadcast(tensor.data, src=0)
+        else:
+            moved = tensor.data.to(device)
+            torch.distributed.broadcast(moved, src=0)
+            tensor.data.copy_(moved)
+
+
 def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules FSDP shards one by one: instances of the classes the model lists in ``_no_split_modules``
     (``LlamaDecoderLayer``, ``Qwen2DecoderLayer``, ``GPT2Block``, ...), found through any PEFT wrapper."""
@@ -212,7 +242,12 @@ def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     return units
 
 
-def make_strategy(accelerator: Accelerator, requested: StrategyName | None, mixed_precision: str = "no") -> Strategy:
+def make_strategy(
+    accelerator: Accelerator,
+    requested: StrategyName | None,
+    mixed_precision: str = "no",
+    shard_size: int | None = None,
+) -> Strategy:
     """The strategy for this launch: ``requested`` (``distributed.strategy``), or ``ddp`` when several processes run
     and ``single`` otherwise. accelerate's own FSDP/DeepSpeed plugins are refused: mollm shards with FSDP2 itself."""
     from accelerate.utils import DistributedType
@@ -229,8 +264,9 @@ def make_strategy(accelerator: Accelerator, requested: StrategyName | None, mixe
         name = "single"  # one process: data parallelism and a 1-rank shard are both the plain step
     if name == "single" and world > 1:
         raise DistributedError(f"distributed.strategy=single, but {world} processes were launched")
-    strategies: dict[str, type[Strategy]] = {"single": Strategy, "ddp": DataParallel, "fsdp": FullySharded}
-    return strategies[name](accelerator, mixed_precision)
+    if name == "fsdp":
+        return FullySharded(accelerator, mixed_precision, shard_size)
+    return (DataParallel if name == "ddp" else Strategy)(accelerator, mixed_precision)
 
 
 def describe(strategy: Strategy) -> dict[str, Any]:

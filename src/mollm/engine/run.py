@@ -288,7 +288,7 @@ def run(
     precision = _mixed_precision(config)
     config = config.model_copy(update={"mixed_precision": precision})  # config.yaml records what was used
     accelerator = _accelerator(config)
-    strategy = make_strategy(accelerator, config.distributed.strategy, precision)
+    strategy = make_strategy(accelerator, config.distributed.strategy, precision, config.distributed.shard_size)
     world, rank, main = strategy.world, strategy.rank, accelerator.is_main_process
     run_dir, start_step = config.run_dir, _prepare_run_dir_on_main(config, accelerator)
     if main:
@@ -409,6 +409,7 @@ def run(
                 if config.grad_clip is not None:
                     record["clipped_norm"] = stats.direction_norm  # ‖d‖ before clipping, as clip_grad_norm_ reports
                 optimizer.step()
+                optimizer.zero_grad(set_to_none=True)  # bf16 rows: frees the float32 copy before the next forward
                 scheduler.step()
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()

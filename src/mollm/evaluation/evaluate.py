@@ -243,15 +243,17 @@ def evaluate(
         return ref_key
 
     def loader():
+        from mollm.device import default_device
         from mollm.models.loading import load_model
 
-        return load_model(model)
+        return load_model(model, device=default_device())
 
     def reference_loader():
         if isinstance(reference, (str, os.PathLike)) or reference is None:
+            from mollm.device import default_device
             from mollm.models.loading import load_model
 
-            return load_model(reference)[0]
+            return load_model(reference, device=default_device())[0]
         return reference
 
     cache_dir = out_dir / "cache"

@@ -140,6 +140,7 @@ def geffect_over_checkpoints(
         All results, checkpoint by checkpoint; ``step`` comes from the folder name (``checkpoint-120``) or the index.
     """
     from mollm.models.loading import load_model  # noqa: PLC0415 (heavy; only needed here)
+    from mollm.device import default_device  # noqa: PLC0415
     from mollm.models.reference import Reference  # noqa: PLC0415
 
     if not checkpoints:
@@ -148,12 +149,12 @@ def geffect_over_checkpoints(
         if not Path(c).exists():
             raise FileNotFoundError(f"checkpoint folder not found: {c}")
     objs = _resolve_objectives(objectives)
-    ref_fixed = Reference.from_model(load_model(str(reference_spec))[0]) if reference_spec is not None else None
+    ref_fixed = Reference.from_model(load_model(str(reference_spec), device=default_device())[0]) if reference_spec is not None else None
     grad_ema = GradEMA() if ema else None
     results: list[GEffect] = []
     forget_batch = retain_batch = None
     for k, ckpt in enumerate(checkpoints):
-        model, tokenizer = load_model(str(ckpt))
+        model, tokenizer = load_model(str(ckpt), device=default_device())
         if forget_batch is None:
             forget_batch = _as_batch(forget, tokenizer, fmt, max_length, "forget")
             retain_batch = _as_batch(retain, tokenizer, fmt, max_length, "retain") if retain is not None else None

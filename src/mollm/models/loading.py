@@ -478,8 +478,10 @@ def load_model(
     *,
     dtype: torch.dtype | str = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from ``spec`` (see the module docstring); the model is in eval mode.
+    """Load a causal LM and its tokenizer from ``spec`` (see the module docstring); the model is in eval mode, on
+    ``device`` when given (else on the CPU, where training runs pick it up and place or shard it themselves).
 
     The tokenizer always has a pad token (eos when it had none) and pads on the right, as training batches expect.
     A LoRA adapter folder gives a ``peft.PeftModel`` over its base model. ``dtype`` is a torch dtype or its name
@@ -490,14 +492,18 @@ def load_model(
     dtype = _as_dtype(dtype)
     kind, target = _resolve(spec)
     if kind == "gguf":
-        return _load_gguf(Path(target), dtype, cache_dir)
-    if kind == "folder":
-        return _load_folder(Path(target), dtype, where=f"model folder {target}")
-    if kind == "adapter":
-        return _load_adapter(Path(target), dtype, cache_dir)
-    if kind == "checkpoint":
-        return _load_run_checkpoint(Path(target), dtype, cache_dir)
-    return _load_hub(str(target), dtype)
+        model, tokenizer = _load_gguf(Path(target), dtype, cache_dir)
+    elif kind == "folder":
+        model, tokenizer = _load_folder(Path(target), dtype, where=f"model folder {target}")
+    elif kind == "adapter":
+        model, tokenizer = _load_adapter(Path(target), dtype, cache_dir)
+    elif kind == "checkpoint":
+        model, tokenizer = _load_run_checkpoint(Path(target), dtype, cache_dir)
+    else:
+        model, tokenizer = _load_hub(str(target), dtype)
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
 
 
 def load_tokenizer(
