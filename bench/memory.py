@@ -4,7 +4,8 @@ the arithmetic (weights, reference, m gradient rows, optimizer state, activation
 Cases: ``fp32`` (full fine-tuning), ``bf16`` (bf16 weights), ``bf16_rows`` (fp32 weights, bf16 gradient rows),
 ``lora`` (r=8 adapters, no reference copy), ``grad_ckpt`` (fp32 + gradient checkpointing), and with 2 processes
 under torchrun ``ddp`` and ``fsdp`` (per rank). Objectives UCE (forget) + KL (retain, to the reference) + NLL
-(retain), batch 4, answers truncated at 64 tokens, AdamW, ``ds_mgda``.
+(retain) on PKU-SafeRLHF (unsafe / safe answers from ../shared/data), batch 4, rows truncated at 128 tokens, AdamW,
+``ds_mgda``.
 
 How it is measured: torch's CPU allocator keeps no statistics, so each case runs in its own process(es). The worker
 reads VmRSS before loading the model (the baseline: Python, torch, transformers), runs the real ``mollm.engine.run``
@@ -41,7 +42,7 @@ CASES: dict[str, dict] = {
     "fsdp": {"distributed": {"strategy": "fsdp"}},
 }
 PROCESSES = {"ddp": 2, "fsdp": 2}
-M, BATCH, LENGTH, STEPS = 3, 4, 64, 3
+M, BATCH, LENGTH, STEPS = 3, 4, 128, 3
 GB = 1e9
 
 
@@ -53,12 +54,13 @@ def _rss_kb(field: str) -> int:
 
 
 def _config(case: str, run_dir: Path) -> dict:
-    facts = "n_people=20,seed=0,forget_fraction=0.5"
+    # PKU-SafeRLHF answers are long, so rows fill (almost) all 128 tokens and the activations are the estimate's.
+    pku = Path(__file__).resolve().parents[2] / "shared" / "data" / "pku_saferlhf" / "sample.jsonl"
     return {
         "name": case,
         "output_dir": str(run_dir / "{name}"),
         "max_length": LENGTH,
-        "data": {"forget": f"facts:forget#{facts}", "retain": f"facts:retain#{facts}"},
+        "data": {"forget": f"pku:{pku}#unsafe", "retain": f"pku:{pku}#safe"},
         "objectives": [
             {"name": "forget", "loss": "uce", "data": "forget", "batch_size": BATCH},
             {"name": "kl", "loss": "kl", "data": "retain", "batch_size": BATCH},
@@ -131,37 +133,93 @@ def _lora_params(model, r: int) -> int:
     )
 
 
-def arithmetic(case: str, shape: dict, processes: int) -> dict[str, float]:
-    """What the case must hold, in GB per process: the terms the README table shows."""
-    opts = CASES[case]
+def arithmetic(
+    opts: dict, shape: dict, processes: int, *, batch: int = BATCH, length: int = LENGTH, m: int = M
+) -> dict[str, float]:
+    """What a run with the options ``opts`` must hold, in GB per process: the terms the README table shows."""
     p = shape["params"]
+    mixed = opts.get("mixed_precision") == "bf16"
     w_bytes = 2 if opts.get("dtype") == "bfloat16" else 4
     lora = "lora" in opts
     t = shape["lora_params"] if lora else p
     g_bytes = 2 if opts.get("grad_dtype") == "bfloat16" or opts.get("dtype") == "bfloat16" else 4
-    shard = processes if opts.get("distributed", {}).get("strategy") == "fsdp" else 1
+    fsdp = opts.get("distributed", {}).get("strategy") == "fsdp"
+    shard = processes if fsdp else 1
     terms = {
         "weights": p * w_bytes / shard,
         "reference": 0.0 if lora else p * w_bytes / shard,
-        "gradient_rows": M * t * g_bytes / shard,
+        "gradient_rows": m * t * g_bytes / shard,
         "optimizer": 2 * t * w_bytes / shard,  # AdamW: exp_avg and exp_avg_sq in the weights' dtype
     }
     # Activations of one objective's forward kept for its backward (the graphs are freed one objective at a time),
     # per token: the residual stream, q/k/v/o, attention probabilities and the MLP's three projections per layer,
-    # plus the float32 logits and their log-softmax; with checkpointing only each block's input is kept.
+    # plus the float32 logits and their log-softmax; with checkpointing each block's input, and one block at a time.
     h, i, layers, heads, v = shape["hidden"], shape["intermediate"], shape["layers"], shape["heads"], shape["vocab"]
-    tokens = BATCH * LENGTH
-    per_layer = (8 * h + 4 * i + heads * LENGTH) * w_bytes
+    a_bytes = 2 if mixed else w_bytes
+    tokens = batch * length
+    block = (8 * h + 4 * i + heads * length) * a_bytes
+    kept = layers * (h * a_bytes if opts.get("gradient_checkpointing") else block)
     if opts.get("gradient_checkpointing"):
-        per_layer = h * w_bytes
-    terms["activations"] = tokens * (layers * per_layer + 3 * v * 4)
+        kept += block
+    terms["activations"] = tokens * (kept + 3 * v * 4)
+    if fsdp:  # one decoder block's weights gathered whole (two with prefetching) in the all-gather dtype
+        terms["activations"] += 2 * (p - 2 * v * h) / layers * (2 if mixed else w_bytes)
     # Rows in another dtype than the weights: the combined gradient is handed to the optimizer as a copy in the
     # weights' dtype, alive during the optimizer step only (activations are freed by then).
-    terms["combined_copy"] = t * w_bytes if g_bytes != w_bytes else 0.0
+    terms["combined_copy"] = t * w_bytes / shard if g_bytes != w_bytes else 0.0
     terms = {k: val / GB for k, val in terms.items()}
     state = terms["weights"] + terms["reference"] + terms["gradient_rows"] + terms["optimizer"]
     terms["total"] = state + max(terms["activations"], terms["combined_copy"])
     return terms
+
+
+# Llama-3-8B(-Instruct): untied 128k embeddings, 32 blocks, grouped-query attention (8 key/value heads).
+LLAMA3_8B = {"params": 8_030_261_248, "hidden": 4096, "intermediate": 14336, "layers": 32, "heads": 32, "vocab": 128256}
+LLAMA3_8B["lora_params"] = 32 * 16 * (2 * 8192 + 2 * 5120 + 3 * 18432)  # r=16 on q, k, v, o, gate, up, down
+PLANS = {
+    "1 GPU: LoRA r=16, bf16 weights, checkpointing": (
+        {"dtype": "bfloat16", "lora": {"r": 16}, "gradient_checkpointing": True}, 1),
+    "1 GPU: full, bf16 weights, no checkpointing (does not fit)": ({"dtype": "bfloat16"}, 1),
+    "8 GPUs DDP: full, fp32 weights + bf16 autocast, checkpointing (does not fit)": ({"mixed_precision": "bf16", "gradient_checkpointing": True}, 8),
+    "8 GPUs FSDP: full, fp32 weights + bf16 compute, bf16 rows, checkpointing": (
+        {"mixed_precision": "bf16", "grad_dtype": "bfloat16", "gradient_checkpointing": True,
+         "distributed": {"strategy": "fsdp"}}, 8),
+    "8 GPUs FSDP: full, bf16 weights, checkpointing": (
+        {"dtype": "bfloat16", "gradient_checkpointing": True, "distributed": {"strategy": "fsdp"}}, 8),
+    "16 GPUs HSDP (2 nodes x 8, shard_size 8): as the 8-GPU FSDP row": (
+        {"mixed_precision": "bf16", "grad_dtype": "bfloat16", "gradient_checkpointing": True,
+         "distributed": {"strategy": "fsdp"}}, 8),
+}  # fmt: skip
+
+
+def plan(batch: int = 4, length: int = 512) -> dict[str, dict[str, float]]:
+    """The memory plan of docs/scaling.md: GB per GPU for Llama-3-8B, 3 objectives, ``batch`` × ``length``."""
+    return {
+        name: {k: round(v, 1) for k, v in arithmetic(opts, LLAMA3_8B, n, batch=batch, length=length).items()}
+        for name, (opts, n) in PLANS.items()
+    }
+
+
+_TERMS = ("weights", "reference", "gradient_rows", "optimizer", "activations", "combined_copy", "total")
+
+
+def markdown(results: dict) -> str:
+    """The measured table (README, docs/scaling.md) from a results file."""
+    head = "| case | processes | measured GB / process | arithmetic GB: " + " / ".join(_TERMS) + " | s / step |"
+    lines = [head, "|" + "---|" * 5]
+    for case, e in results["cases"].items():
+        a = e["arithmetic_gb"]
+        terms = " / ".join(f"{a.get(t, 0.0):.2f}" for t in _TERMS)
+        lines.append(f"| {case} | {e['processes']} | {e['measured_gb']:.2f} | {terms} | {e['seconds_per_step']} |")
+    return "\n".join(lines)
+
+
+def plan_markdown() -> str:
+    """The Llama-3-8B plan as a table (docs/scaling.md)."""
+    lines = ["| set-up | " + " | ".join(_TERMS) + " |", "|" + "---|" * (len(_TERMS) + 1)]
+    for name, terms in plan().items():
+        lines.append(f"| {name} | " + " | ".join(f"{terms[t]:.1f}" for t in _TERMS) + " |")
+    return "\n".join(lines)
 
 
 def _free_port() -> int:
@@ -196,11 +254,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fresh", action="store_true", help="ignore cached cases in --out")
+    parser.add_argument("--plan", action="store_true", help="print the Llama-3-8B memory plan (arithmetic only)")
+    parser.add_argument("--markdown", action="store_true", help="print the tables of --out and the plan, run nothing")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker, args.work_dir)
+        return 0
+    if args.plan:
+        print(json.dumps(plan(), indent=2))
+        return 0
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text())) + "\n\n" + plan_markdown())
         return 0
 
     from mollm.atomic import atomic_write_json
@@ -234,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             "measured_gb_per_rank": [round(r["measured_gb"], 3) for r in ranks],
             "measured_gb": round(max(r["measured_gb"] for r in ranks), 3),
             "seconds_per_step": round(max(r["seconds_per_step"] for r in ranks), 2),
-            "arithmetic_gb": {k: round(v, 3) for k, v in arithmetic(case, ranks[0]["shape"], n).items()},
+            "arithmetic_gb": {k: round(v, 3) for k, v in arithmetic(CASES[case], ranks[0]["shape"], n).items()},
+            "shape": ranks[0]["shape"],
         }
         cases[case] = entry
         atomic_write_json(args.out, results)  # cache each finished case

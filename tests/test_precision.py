@@ -105,3 +105,28 @@ def test_fsdp_shards_the_blocks_the_model_names():
     assert [type(m).__name__ for m in shard_units(tiny_gpt2(num_layers=3))] == ["GPT2Block"] * 3
     with pytest.raises(DistributedError, match="_no_split_modules"):
         shard_units(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_accelerate_launch_mixed_precision_becomes_the_runs_and_is_recorded(tmp_path, tokenizer, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    result = _run(tmp_path, tokenizer, "launched")
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["mixed_precision"] == "bf16"
+
+
+def test_shipped_accelerate_configs_launch_plain_processes_for_mollm_to_shard():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    paths = sorted(folder.glob("*.yaml"))
+    assert {p.name for p in paths} >= {"1gpu.yaml", "8gpu.yaml", "2x8gpu.yaml"}
+    for path in paths:
+        cfg = load_config_from_file(str(path))
+        # accelerate's FSDP/DeepSpeed plugins would hide the per-objective rows; mollm shards with FSDP2 itself.
+        assert cfg.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU), path.name
+        assert not cfg.fsdp_config and cfg.mixed_precision == "bf16", path.name
+    assert load_config(folder.parent / "llama3_8b_fsdp.yaml").distributed.strategy == "fsdp"

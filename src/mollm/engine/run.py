@@ -281,9 +281,6 @@ def run(
     """
     from mollm.aggregators import get as get_aggregator
     from mollm.engine.step import MultiObjectiveStep, objective_closures, trainable_parameters
-    from mollm.models.loading import save_model
-    from mollm.objectives import get as get_objective
-    from mollm.objectives import prepare_records, read_refusals
 
     precision = _mixed_precision(config)
     config = config.model_copy(update={"mixed_precision": precision})  # config.yaml records what was used
@@ -295,34 +292,11 @@ def run(
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
     set_seed(config.seed)
     model, tokenizer = _build_model(config, model, tokenizer)
+    job = _Objectives.build(config, tokenizer, strategy.device)
+    total = _total_steps(config, [len(s.examples) for s in job.samplers], world)
 
-    objectives = [get_objective(o.loss, **o.options) for o in config.objectives]
-    labels = [o.label for o in config.objectives]
-    # G-effect targets: named objectives, or by default the run's own (label -> objective).
-    tracked = (
-        {n: get_objective(n) for n in config.geffect.objectives}
-        if config.geffect and config.geffect.objectives
-        else dict(zip(labels, objectives))
-    )
-    needs_ref = any(obj.needs_reference for obj in [*objectives, *tracked.values()]) or bool(config.evaluation.suites)
-
-    data = _load_data(config)
-    fmt = PromptFormat(kind=config.format.kind, template=config.format.template)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    refusals = read_refusals(config.refusals) if config.refusals else None
-    normal = data.get("normal") or data.get("retain")
-    samplers: list[_Sampler] = []
-    for i, (oc, obj) in enumerate(zip(config.objectives, objectives)):
-        # idk / mismatch train on transformed records (refusals, random normal answers).
-        records = prepare_records(
-            obj, data[oc.data], normal=normal, refusals=refusals, rng=random.Random(config.seed + i)
-        )
-        examples = [encode_record(r, tokenizer, fmt, config.max_length) for r in records]
-        samplers.append(_Sampler(examples, oc.batch_size, config.seed + 7919 * (i + 1), pad_id, strategy.device))
-    # An epoch is one pass over the first objective's data by all processes together.
-    total = _total_steps(config, [len(s.examples) for s in samplers], world)
-
-    model, reference = strategy.prepare(model, needs_reference=needs_ref)  # on the device, sharded under fsdp
+    needs_reference = job.needs_reference or bool(config.evaluation.suites)
+    model, reference = strategy.prepare(model, needs_reference=needs_reference)  # placed, or sharded
     params = trainable_parameters(model)  # after sharding: FSDP2 replaces them with DTensor shards
     optimizer = _optimizer(params, config)
     scheduler = _scheduler(optimizer, config, total)
@@ -330,11 +304,13 @@ def run(
         optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
         accelerator.register_for_checkpointing(model)
     accelerator.init_trackers("tensorboard", config={"seed": config.seed, "lr": config.optimizer.lr})
-
-    aggregator = get_aggregator(config.aggregator.name, **_aggregator_options(config))
-    grad_dtype = getattr(torch, config.grad_dtype) if config.grad_dtype else None
     step_fn = MultiObjectiveStep(
-        params, aggregator, names=labels, reduction=strategy.reduction, grad_dtype=grad_dtype, max_norm=config.grad_clip
+        params,
+        get_aggregator(config.aggregator.name, **_aggregator_options(config)),
+        names=job.labels,
+        reduction=strategy.reduction,
+        grad_dtype=getattr(torch, config.grad_dtype) if config.grad_dtype else None,
+        max_norm=config.grad_clip,
     )
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -343,101 +319,188 @@ def run(
         if main:
             _truncate_metrics(metrics_path, start_step)
             _truncate_metrics(run_dir / "geffect.jsonl", start_step)
-    geffects = (
-        _geffect_callback(config, data, tracked, tokenizer, fmt, pad_id, run_dir, strategy.device) if main else None
-    )
-
-    eval_keys = config.evaluation.datasets or list(data)
-    eval_sets = {key: data[key][: config.evaluation.max_items] for key in eval_keys}
-    evaluations: dict[str, dict[str, Any]] = {}
-    eval_dir = run_dir / "eval"
-    if main:
-        eval_dir.mkdir(exist_ok=True)
-
-    def _evaluate(tag: str) -> dict[str, Any]:
-        """Evaluate on the main process (whole weights are the same everywhere) or, sharded, on every process in
-        step (each forward needs all of them); only the main process writes."""
-        result: dict[str, Any] = {}
-        if main or strategy.evaluates_on_every_process:
-            result = evaluate_answers(
-                model,
-                tokenizer,
-                eval_sets,
-                fmt=fmt,
-                max_length=config.max_length,
-                accuracy=config.evaluation.accuracy,
-                max_new_tokens=config.evaluation.max_new_tokens,
-                progress=progress and main,
-                desc=f"evaluate ({tag})",
-            )
-            if config.evaluation.suites:
-                with _suite_dir(eval_dir / f"suites_{tag}", main) as out:
-                    result["suites"] = _evaluate_suites(
-                        config, model, tokenizer, reference, fmt, out, progress and main
-                    )
-            model.train()
-        if main:
-            evaluations[tag] = result
-            atomic_write_text(eval_dir / f"{tag}.json", json.dumps(result, indent=2))
-            accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=_step)
-        accelerator.wait_for_everyone()
-        return result
-
-    _step = start_step
+    geffects = _geffect_callback(config, job, tokenizer, run_dir, strategy.device) if main else None
+    evaluate = _Evaluator(config, strategy, model, tokenizer, reference, job, progress)
     if config.evaluation.before and start_step == 0:
-        _evaluate("before")
+        evaluate("before", start_step)
 
-    status, bad_in_row, history = "completed", 0, []
+    status, bad_in_row, history, step = "completed", 0, [], start_step
     t0 = time.time()
     bar = tqdm(total=total, initial=start_step, desc=config.mode, disable=not (progress and main), unit="step")
     with metrics_path.open("a") if main else open(os.devnull, "w") as log_file:
-        for step in range(start_step, total):
-            _step = step + 1
-            batches = [s.batch(step * world + rank) for s in samplers]
-            closures = objective_closures(model, objectives, batches, reference)
+        for step in range(start_step + 1, total + 1):
+            batches = [s.batch((step - 1) * world + rank) for s in job.samplers]
+            closures = objective_closures(model, job.objectives, batches, reference)
             stats = step_fn(_autocast(precision, strategy.device, closures))
-            record = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **_named(stats)}
-            if not stats.finite:
-                bad_in_row += 1
-                record["skipped"] = True
-                log.warning("step %d: non-finite loss or gradient (%s); step skipped", step + 1, stats.reason)
-                optimizer.zero_grad(set_to_none=True)
-                if bad_in_row >= config.max_bad_steps:
-                    status = f"stopped: {bad_in_row} non-finite steps in a row"
-            else:
-                bad_in_row = 0
-                if config.grad_clip is not None:
-                    record["clipped_norm"] = stats.direction_norm  # ‖d‖ before clipping, as clip_grad_norm_ reports
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)  # bf16 rows: frees the float32 copy before the next forward
-                scheduler.step()
+            record = {"step": step, "lr": scheduler.get_last_lr()[0], **_named(stats)}
+            bad_in_row = 0 if _update(stats, record, optimizer, scheduler, config) else bad_in_row + 1
+            if bad_in_row >= config.max_bad_steps:
+                status = f"stopped: {bad_in_row} non-finite steps in a row"
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             history.append(record)
-            if (step + 1) % config.log_every == 0:
-                accelerator.log(_scalars(record), step=step + 1)
+            if step % config.log_every == 0:
+                accelerator.log(_scalars(record), step=step)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record["losses"].items() if v is not None})
             if on_step is not None:
-                on_step(step + 1, record)
-            if geffects is not None and status == "completed":
-                geffects.on_step(step + 1, model, reference)
+                on_step(step, record)
             if status != "completed":
                 break
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-                checkpoints.save(strategy, run_dir, step + 1, config.keep_checkpoints, model, optimizer, scheduler)
-            if config.evaluation.every and (step + 1) % config.evaluation.every == 0 and step + 1 < total:
-                result = _evaluate(f"step_{step + 1}")  # every process: it waits for the main one's evaluation
+            if geffects is not None:
+                geffects.on_step(step, model, reference)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+                checkpoints.save(strategy, run_dir, step, config.keep_checkpoints, model, optimizer, scheduler)
+            if config.evaluation.every and step % config.evaluation.every == 0 and step < total:
+                result = evaluate(f"step_{step}", step)  # every process: it waits for the main one's evaluation
                 if _from_main(accelerator, main and _check_stop(config, result)):
-                    status = f"stopped: {config.stop.metric} reached its target at step {step + 1}"
+                    status = f"stopped: {config.stop.metric} reached its target at step {step}"
                     break
     bar.close()
 
     if config.evaluation.after:
-        _evaluate("after")
-    model_dir = run_dir / "model"
-    whole = strategy.full_state_dict(model)  # a collective under fsdp: every process takes part
+        evaluate("after", step)
+    model_dir = _save_final_model(config, strategy, model, tokenizer)
+    accelerator.end_training()
+    summary = {
+        "status": status,
+        "steps": step,
+        "seconds": round(time.time() - t0, 2),
+        "seed": config.seed,
+        "model_dir": str(model_dir),
+        "mode": config.mode,
+        **describe(strategy),
+    }
     if main:
+        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
+    return RunResult(run_dir, model_dir, step, status, history, evaluate.results)
+
+
+@dataclass
+class _Objectives:
+    """The run's objectives with their data: losses, labels, batch samplers, G-effect targets, prompt format."""
+
+    objectives: list[Any]
+    labels: list[str]
+    samplers: list[_Sampler]
+    tracked: dict[str, Any]
+    data: dict[str, list[QARecord]]
+    fmt: PromptFormat
+    pad_id: int
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(o.needs_reference for o in [*self.objectives, *self.tracked.values()])
+
+    @classmethod
+    def build(cls, config: RunConfig, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> _Objectives:
+        from mollm.objectives import get as get_objective
+        from mollm.objectives import prepare_records, read_refusals
+
+        objectives = [get_objective(o.loss, **o.options) for o in config.objectives]
+        labels = [o.label for o in config.objectives]
+        # G-effect targets: named objectives, or by default the run's own (label -> objective).
+        tracked = (
+            {n: get_objective(n) for n in config.geffect.objectives}
+            if config.geffect and config.geffect.objectives
+            else dict(zip(labels, objectives))
+        )
+        data = _load_data(config)
+        fmt = PromptFormat(kind=config.format.kind, template=config.format.template)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        refusals = read_refusals(config.refusals) if config.refusals else None
+        normal = data.get("normal") or data.get("retain")
+        samplers = []
+        for i, (oc, obj) in enumerate(zip(config.objectives, objectives)):
+            # idk / mismatch train on transformed records (refusals, random normal answers).
+            records = prepare_records(
+                obj, data[oc.data], normal=normal, refusals=refusals, rng=random.Random(config.seed + i)
+            )
+            examples = [encode_record(r, tokenizer, fmt, config.max_length) for r in records]
+            samplers.append(_Sampler(examples, oc.batch_size, config.seed + 7919 * (i + 1), pad_id, device))
+        return cls(objectives, labels, samplers, tracked, data, fmt, pad_id)
+
+
+def _update(stats: StepStats, record: dict[str, Any], optimizer: Any, scheduler: Any, config: RunConfig) -> bool:
+    """Step the optimizer on a finite step; skip (and log) a non-finite one. Returns whether the step was taken."""
+    if not stats.finite:
+        record["skipped"] = True
+        log.warning("step %d: non-finite loss or gradient (%s); step skipped", record["step"], stats.reason)
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    if config.grad_clip is not None:
+        record["clipped_norm"] = stats.direction_norm  # ‖d‖ before clipping (the step clipped), as clip_grad_norm_
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # bf16 rows: frees the float32 copy before the next forward
+    scheduler.step()
+    return True
+
+
+class _Evaluator:
+    """The in-run evaluation (answers, and the configured suites) at a tag: before, step_N, after.
+
+    Whole weights are the same on every process, so the main one evaluates while the others wait; sharded weights need
+    every process in each forward pass, so all evaluate in step. Only the main process writes."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        strategy: Any,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        reference: Reference | None,
+        job: _Objectives,
+        progress: bool,
+    ) -> None:
+        self.config, self.strategy, self.model, self.tokenizer = config, strategy, model, tokenizer
+        self.reference, self.fmt = reference, job.fmt
+        self.main = strategy.accelerator.is_main_process
+        self.progress = progress and self.main
+        keys = config.evaluation.datasets or list(job.data)
+        self.sets = {key: job.data[key][: config.evaluation.max_items] for key in keys}
+        self.dir = config.run_dir / "eval"
+        self.results: dict[str, dict[str, Any]] = {}
+        if self.main:
+            self.dir.mkdir(exist_ok=True)
+
+    def __call__(self, tag: str, step: int) -> dict[str, Any]:
+        config, result = self.config, {}
+        if self.main or self.strategy.evaluates_on_every_process:
+            result = evaluate_answers(
+                self.model,
+                self.tokenizer,
+                self.sets,
+                fmt=self.fmt,
+                max_length=config.max_length,
+                accuracy=config.evaluation.accuracy,
+                max_new_tokens=config.evaluation.max_new_tokens,
+                progress=self.progress,
+                desc=f"evaluate ({tag})",
+            )
+            if config.evaluation.suites:
+                with _suite_dir(self.dir / f"suites_{tag}", self.main) as out:
+                    result["suites"] = _evaluate_suites(
+                        config, self.model, self.tokenizer, self.reference, self.fmt, out, self.progress
+                    )
+            self.model.train()
+        if self.main:
+            self.results[tag] = result
+            atomic_write_text(self.dir / f"{tag}.json", json.dumps(result, indent=2))
+            scalars = {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+            self.strategy.accelerator.log(scalars, step=step)
+        self.strategy.accelerator.wait_for_everyone()
+        return result
+
+
+def _save_final_model(
+    config: RunConfig, strategy: Any, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
+) -> Path:
+    """The final model as a Hugging Face folder (gathered from the shards under fsdp), written by the main process."""
+    from mollm.models.loading import save_model
+
+    accelerator, model_dir = strategy.accelerator, config.run_dir / "model"
+    whole = strategy.full_state_dict(model)  # a collective under fsdp: every process takes part
+    if accelerator.is_main_process:
         # overwrite: a resumed run replaces its own final model (swapped in atomically, old copy removed after).
         save_model(
             strategy.rebuild_on_main(whole, accelerator.unwrap_model(model)),
@@ -447,19 +510,7 @@ def run(
             merge_lora=bool(config.lora and config.lora.merge),
         )
     accelerator.wait_for_everyone()
-    accelerator.end_training()
-    summary = {
-        "status": status,
-        "steps": _step,
-        "seconds": round(time.time() - t0, 2),
-        "seed": config.seed,
-        "model_dir": str(model_dir),
-        "mode": config.mode,
-        **describe(strategy),
-    }
-    if main:
-        atomic_write_text(run_dir / "run.json", json.dumps(summary, indent=2))
-    return RunResult(run_dir, model_dir, _step, status, history, evaluations)
+    return model_dir
 
 
 @contextlib.contextmanager
@@ -509,14 +560,7 @@ def _evaluate_suites(
 
 
 def _geffect_callback(
-    config: RunConfig,
-    data: dict[str, list[QARecord]],
-    targets: dict[str, Any],
-    tokenizer: PreTrainedTokenizerBase,
-    fmt: PromptFormat,
-    pad_id: int,
-    run_dir: Path,
-    device: torch.device,
+    config: RunConfig, job: _Objectives, tokenizer: PreTrainedTokenizerBase, run_dir: Path, device: torch.device
 ):
     """The G-effect tracker the config asks for (fixed probe batches, so curves over steps are comparable)."""
     g = config.geffect
@@ -525,13 +569,13 @@ def _geffect_callback(
     from mollm.geffect.tracking import GEffectCallback
 
     def probe(key: str) -> dict[str, torch.Tensor]:
-        examples = [encode_record(r, tokenizer, fmt, config.max_length) for r in data[key][: g.batch_size]]
-        return collate(examples, pad_id, device)
+        examples = [encode_record(r, tokenizer, job.fmt, config.max_length) for r in job.data[key][: g.batch_size]]
+        return collate(examples, job.pad_id, device)
 
     forget_key = g.forget or config.objectives[0].data
-    retain_key = g.retain or ("retain" if "retain" in data else None)
+    retain_key = g.retain or ("retain" if "retain" in job.data else None)
     return GEffectCallback(
-        targets,
+        job.tracked,
         probe(forget_key),
         probe(retain_key) if retain_key else None,
         every=g.every,
