@@ -19,8 +19,8 @@ The cases (``--only`` picks some):
 * ``timing``, ``timing_bf16``: the same run on the embedded model's shape (fp32; bf16 autocast);
 * ``ddp``, ``fsdp`` (only with >= 2 GPUs): ``torchrun --nproc_per_node 2 -m mollm unlearn CFG.yaml``;
 * ``eval``: ``mollm.evaluation.evaluate`` (the metrics of ``mollm eval``) on the model on the device;
-* ``eval_cli``: ``python -m mollm eval CFG.yaml`` on the model saved to a folder (the command evaluates where
-  ``load_model`` leaves the model: on the host);
+* ``eval_cli``: ``python -m mollm eval CFG.yaml`` on the model saved to a folder (the command loads it onto the
+  default device: the GPU when there is one);
 * ``geffect``: ``mollm.geffect.core.compute_geffects`` for GA, NPO, UCE, KL and NLL.
 
 Each case gives ``{name, ok, finite, seconds_per_step, peak_memory_gb, seconds, error, ...}``: ``seconds_per_step``

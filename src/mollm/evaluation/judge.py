@@ -168,7 +168,8 @@ class HFClassifierJudge(Judge):
             index. ``None`` picks the one label whose name is one of ``unsafe/harmful/toxic/...``, else fails and asks.
             For a single-logit model the score is ``sigmoid(logit)`` and ``harmful_label`` must be ``None`` or 0.
         input_mode: ``"pair"`` encodes (prompt, response) as a text pair, ``"response"`` the response alone.
-        batch_size, max_length, device: inference settings (batched, no gradients, truncation at ``max_length``).
+        batch_size, max_length, device: inference settings (batched, no gradients, truncation at ``max_length``;
+            ``device`` None: :func:`mollm.device.default_device`).
         multi_label: score with a sigmoid over the harmful logit instead of a softmax over labels (for multi-label
             classifiers); by default taken from ``config.problem_type``.
     """
@@ -180,7 +181,7 @@ class HFClassifierJudge(Judge):
         input_mode: InputMode = "pair",
         batch_size: int = 16,
         max_length: int = 512,
-        device: str = "cpu",
+        device: str | None = None,
         multi_label: bool | None = None,
         threshold: float = 0.5,
     ) -> None:
@@ -213,6 +214,10 @@ class HFClassifierJudge(Judge):
                 f"HFClassifierJudge: cannot load a sequence-classification model from {spec!r} "
                 f"(expected a local folder or a reachable hub id): {exc}"
             ) from exc
+        if device is None:  # the GPU when there is one, as for the evaluated model
+            from mollm.device import default_device
+
+            device = str(default_device())
         self.model.eval().to(device)
         self.device = device
         self.name = spec

@@ -149,7 +149,11 @@ def geffect_over_checkpoints(
         if not Path(c).exists():
             raise FileNotFoundError(f"checkpoint folder not found: {c}")
     objs = _resolve_objectives(objectives)
-    ref_fixed = Reference.from_model(load_model(str(reference_spec), device=default_device())[0]) if reference_spec is not None else None
+    ref_fixed = (
+        Reference.from_model(load_model(str(reference_spec), device=default_device())[0])
+        if reference_spec is not None
+        else None
+    )
     grad_ema = GradEMA() if ema else None
     results: list[GEffect] = []
     forget_batch = retain_batch = None
