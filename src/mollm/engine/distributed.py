@@ -179,8 +179,7 @@ class FullySharded(Strategy):
         # larger than one device's memory is never materialised on it.
         _broadcast_from_main(model, self.device)
         if self.accelerator.is_main_process:
-            # Weights-free twin (meta device) to rebuild the whole model into for the final Hugging Face folder.
-            self._skeleton = copy.deepcopy(model).to("meta")
+            self._skeleton = _meta_twin(model)
         reference = None
         if needs_reference and not is_peft(model):
             frozen = copy.deepcopy(model)
@@ -211,6 +210,18 @@ class FullySharded(Strategy):
         if hasattr(whole, "tie_weights"):
             whole.tie_weights()
         return whole
+
+
+def _meta_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose weights are on the meta device (no memory), to rebuild the whole model into for the
+    final Hugging Face folder. The memo makes deepcopy take a meta tensor for every weight instead of copying it
+    (tied weights stay one object)."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
 
 
 def _broadcast_from_main(model: torch.nn.Module, device: torch.device) -> None:

@@ -300,7 +300,7 @@ class MultiObjectiveStep:
         losses: list[float | None] = [None] * m
         timings: dict[str, float] = {}
         reduction = self.reduction
-        sharded = callable(getattr(params[0], "to_local", None))
+        sharded = _is_shard(params[0])
 
         def abandon(index: int | None, what: str) -> StepStats:
             name = names[index] if index is not None else None
@@ -388,15 +388,19 @@ class MultiObjectiveStep:
             p.grad = g
 
 
+def _is_shard(tensor: torch.Tensor) -> bool:
+    """An FSDP2 parameter or gradient: a DTensor whose local part is this process's shard."""
+    return callable(getattr(tensor, "to_local", None))
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """This process's part of a tensor: the local shard of an FSDP2 DTensor, the tensor itself otherwise."""
-    to_local = getattr(tensor, "to_local", None)
-    return to_local() if callable(to_local) else tensor
+    return tensor.to_local() if _is_shard(tensor) else tensor
 
 
 def _like_param(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """``local`` as a gradient for ``param``: wrapped as a DTensor with the parameter's sharding when it is one."""
-    if not callable(getattr(param, "to_local", None)):
+    if not _is_shard(param):
         return local
     from torch.distributed.tensor import DTensor
 
