@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mollm.atomic import atomic_write_json
+from mollm.core.atomic import atomic_write_json
 from mollm.demo import run_demo
 
 

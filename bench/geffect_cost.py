@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mollm.atomic import atomic_write_json
+from mollm.core.atomic import atomic_write_json
 from mollm.data.encode import PromptFormat, encode_batch
 from mollm.data.readers import read_tofu
 from mollm.geffect import compute_geffects, param_groups

@@ -704,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     out = args.out or (DEFAULT_OUT if cuda else None)
     if out is not None:
-        from mollm.atomic import atomic_write_text
+        from mollm.core.atomic import atomic_write_text
 
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, text + "\n")

@@ -14,7 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
-from mollm.atomic import atomic_write_json
+from mollm.core.atomic import atomic_write_json
 from mollm.evaluation.judge import train_judge
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(args.out.read_text())) + "\n\n" + plan_markdown())
         return 0
 
-    from mollm.atomic import atomic_write_json
+    from mollm.core.atomic import atomic_write_json
 
     wanted = [c.strip() for c in args.only.split(",") if c.strip()]
     unknown = sorted(set(wanted) - set(CASES))

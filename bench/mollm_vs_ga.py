@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import mollm
-from mollm.atomic import atomic_write_bytes
+from mollm.core.atomic import atomic_write_bytes
 from mollm.evaluation import evaluate
 from mollm.evaluation.judge import train_judge
 from mollm.reports import pareto_front, pareto_plot

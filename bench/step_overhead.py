@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from mollm.aggregators import get as get_aggregator
-from mollm.atomic import atomic_write_json
+from mollm.core.atomic import atomic_write_json
 from mollm.engine.step import MultiObjectiveStep, summed_backward, trainable_parameters
 from mollm.models.reference import Reference
 from mollm.objectives import get as get_objective

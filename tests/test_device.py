@@ -1,7 +1,7 @@
-"""Every batch that reaches a model went through ``mollm.device.to_device`` — observed on a CPU-only machine.
+"""Every batch that reaches a model went through ``mollm.core.device.to_device`` — observed on a CPU-only machine.
 
 On a GPU a batch left on the host fails at the first forward; here everything is on the CPU, so a forgotten move
-would pass unnoticed. The tests make it visible instead: ``mollm.device._place`` (the one place a tensor is moved to
+would pass unnoticed. The tests make it visible instead: ``mollm.core.device._place`` (the one place a tensor is moved to
 a model's device) is wrapped to return tensors of a marker subclass, and a forward pre-hook on every model (the one
 trained, its frozen reference copy, a judge's classifier) rejects any input tensor that is not marked, i.e. any batch
 that reached the model by another road. The hook then hands the model plain tensors, so the computation is unchanged.
@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-import mollm.device
+import mollm.core.device
 from mollm.data.records import QARecord
 from mollm.engine.config import load_config
 from mollm.engine.run import run
@@ -27,7 +27,7 @@ _INPUTS = ("input_ids", "attention_mask", "labels", "inputs_embeds", "position_i
 
 
 class _OnDevice(torch.Tensor):
-    """A tensor that came out of ``mollm.device._place`` (ops on it keep the mark, as device placement would)."""
+    """A tensor that came out of ``mollm.core.device._place`` (ops on it keep the mark, as device placement would)."""
 
 
 def _guard(module: torch.nn.Module, seen: list[str]) -> None:
@@ -36,7 +36,7 @@ def _guard(module: torch.nn.Module, seen: list[str]) -> None:
         named += [(k, kwargs[k]) for k in _INPUTS if isinstance(kwargs.get(k), torch.Tensor)]
         for name, tensor in named:
             if not isinstance(tensor, _OnDevice):
-                raise AssertionError(f"{type(mod).__name__} got '{name}' that never went through mollm.device")
+                raise AssertionError(f"{type(mod).__name__} got '{name}' that never went through mollm.core.device")
         seen.append(type(mod).__name__)
         plain = lambda v: v.as_subclass(torch.Tensor) if isinstance(v, _OnDevice) else v  # noqa: E731
         return tuple(plain(a) for a in args), {k: plain(v) for k, v in kwargs.items()}
@@ -46,17 +46,17 @@ def _guard(module: torch.nn.Module, seen: list[str]) -> None:
 
 @pytest.fixture
 def placed(monkeypatch):
-    real = mollm.device._place
-    monkeypatch.setattr(mollm.device, "_place", lambda t, d: real(t, d).as_subclass(_OnDevice))
+    real = mollm.core.device._place
+    monkeypatch.setattr(mollm.core.device, "_place", lambda t, d: real(t, d).as_subclass(_OnDevice))
 
 
 def test_the_guard_catches_a_batch_that_skipped_the_move(placed):
     model, seen = tiny_model(vocab_size=64), []
     _guard(model, seen)
     ids = torch.tensor([[1, 5, 6]])
-    with pytest.raises(AssertionError, match="never went through mollm.device"):
+    with pytest.raises(AssertionError, match="never went through mollm.core.device"):
         model(input_ids=ids)
-    model(**mollm.device.to_device({"input_ids": ids}, "cpu"))
+    model(**mollm.core.device.to_device({"input_ids": ids}, "cpu"))
     assert seen == ["LlamaForCausalLM"]
 
 

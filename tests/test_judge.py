@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mollm.data.encode import DataError  # noqa: E402
+from mollm.core.errors import DataError  # noqa: E402
 from mollm.evaluation.harmful import harmful_rate, read_responses, score_responses_file  # noqa: E402
 from mollm.evaluation.judge import (  # noqa: E402
     EmbeddingJudge,

@@ -21,10 +21,10 @@ from mollm.models import (
     is_lora,
     load_model,
     load_tokenizer,
+    loading,
     save_model,
     trainable_parameters,
 )
-from mollm.models import loading
 from mollm.models.tiny import tiny_model, tiny_tokenizer
 
 VOCAB = 64

@@ -13,7 +13,6 @@ import torch
 from mollm.data.records import QARecord
 from mollm.models.reference import Reference
 from mollm.models.tiny import tiny_model
-from mollm.objectives.registry import _REGISTRY
 from mollm.objectives import (
     DEFAULT_REFUSALS,
     Objective,
@@ -23,6 +22,7 @@ from mollm.objectives import (
     register,
     steering_vector,
 )
+from mollm.objectives.registry import _REGISTRY
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LOGIT_OBJECTIVES = ["ga", "uce", "npo", "simnpo", "wga", "tnpo", "wtnpo", "nll", "idk", "mismatch", "kl"]

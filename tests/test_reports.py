@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mollm.data.encode import DataError
+from mollm.core.errors import DataError
 from mollm.reports import compare_runs, lookup_metric, metric_direction, pareto_front, write_report
 from mollm.reports._load import flatten_metrics, read_training_log
 

@@ -89,11 +89,11 @@ def generate(
     overwrite: bool = False,
 ) -> None:
     """Greedy, batched generation for a file of prompts."""
+    from mollm.core.device import default_device  # noqa: PLC0415
     from mollm.data.encode import DataError, PromptFormat
     from mollm.data.prompts import read_prompts
     from mollm.evaluation.generation import generate as _generate
     from mollm.models.loading import load_model
-    from mollm.device import default_device  # noqa: PLC0415
 
     if out.exists() and not overwrite:
         _fail(FileExistsError(f"{out} exists; pass --overwrite to replace it"))

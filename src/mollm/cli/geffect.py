@@ -106,7 +106,7 @@ def geffect_cmd(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("geffect_out"),
 ) -> None:
     """Compute G-effects (by layer, sample and step) and write geffect.json, plots and summary.md to OUT."""
-    from mollm.atomic import atomic_write_json  # noqa: PLC0415
+    from mollm.core.atomic import atomic_write_json  # noqa: PLC0415
     from mollm.geffect.plots import plot_curves, plot_heatmap, plot_samples, summary_markdown  # noqa: PLC0415
     from mollm.geffect.tracking import read_jsonl  # noqa: PLC0415
 
@@ -121,7 +121,7 @@ def geffect_cmd(
     else:
         if forget is None:
             raise typer.BadParameter("give the forget data (--forget FILE), or --from-jsonl", param_hint="--forget")
-        from mollm.data.encode import DataError  # noqa: PLC0415
+        from mollm.core.errors import DataError  # noqa: PLC0415
         from mollm.models.loading import ModelLoadError  # noqa: PLC0415
 
         try:
@@ -179,13 +179,13 @@ def _compute(
     eta: float | None,
     out: Path,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from mollm.core.device import default_device  # noqa: PLC0415
     from mollm.data.encode import PromptFormat, encode_batch  # noqa: PLC0415
     from mollm.data.spec import load_dataset_spec  # noqa: PLC0415
     from mollm.geffect.core import GradEMA, compute_geffects  # noqa: PLC0415
     from mollm.geffect.tracking import step_of  # noqa: PLC0415
     from mollm.geffect.verify import verify_first_order  # noqa: PLC0415
     from mollm.models.loading import load_model  # noqa: PLC0415
-    from mollm.device import default_device  # noqa: PLC0415
     from mollm.models.reference import Reference  # noqa: PLC0415
 
     if prompt_format not in ("plain", "chat"):

@@ -38,7 +38,7 @@ def train(
     ] = "response",
 ) -> None:
     """Train the MiniLM + logistic-regression judge; print held-out accuracy, F1 and the majority-class rate."""
-    from mollm.data.encode import DataError
+    from mollm.core.errors import DataError
     from mollm.evaluation.judge import train_judge
 
     try:
@@ -69,7 +69,7 @@ def score(
     show: Annotated[int, typer.Option("--show", help="Print this many per-item labels.")] = 10,
 ) -> None:
     """Judge each response and print / save the harmful rate with per-item labels."""
-    from mollm.data.encode import DataError
+    from mollm.core.errors import DataError
     from mollm.evaluation.harmful import score_responses_file
     from mollm.evaluation.judge import get_judge
 

@@ -24,7 +24,7 @@ def report_cmd(
     ] = None,
 ) -> None:
     """Write a self-contained HTML and a Markdown report per run: metrics before / after, training curves, config."""
-    from mollm.data.encode import DataError
+    from mollm.core.errors import DataError
     from mollm.reports import write_report
 
     for run in runs:
@@ -46,7 +46,7 @@ def compare_cmd(
     y_direction: Annotated[Optional[str], typer.Option("--y-dir", help=_DIR_HELP)] = None,
 ) -> None:
     """Put runs side by side with a trade-off (Pareto) plot, e.g. harmful rate vs perplexity."""
-    from mollm.data.encode import DataError
+    from mollm.core.errors import DataError
     from mollm.reports import compare_runs
 
     try:

@@ -8,18 +8,15 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from mollm.core.device import to_device
+from mollm.core.errors import DataError
+from mollm.core.tokens import IGNORE_INDEX
 from mollm.data.records import QARecord
-from mollm.device import to_device
-from mollm.objectives.base import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 PLAIN_TEMPLATE = "### Question: {question}\n ### Answer: "
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +60,7 @@ def encode_record(
 def collate(
     examples: Sequence[dict[str, list[int]]], pad_token_id: int, device: torch.device | str | None = None
 ) -> dict[str, torch.Tensor]:
-    """Right-pad encoded examples into a batch of long tensors, on ``device`` when given (see :mod:`mollm.device`)."""
+    """Right-pad encoded examples into a batch of long tensors, on ``device`` when given (see :mod:`mollm.core.device`)."""
     width = max(len(e["input_ids"]) for e in examples)
     out = {
         "input_ids": torch.full((len(examples), width), pad_token_id, dtype=torch.long),

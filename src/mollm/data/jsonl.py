@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mollm.data.encode import DataError
+from mollm.core.errors import DataError
 
 
 def iter_jsonl(

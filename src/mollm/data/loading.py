@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mollm.data.encode import DataError
+from mollm.core.errors import DataError
 from mollm.data.jsonl import iter_jsonl, json_type
 from mollm.data.records import QARecord
 

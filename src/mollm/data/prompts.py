@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from mollm.data.encode import DataError
+from mollm.core.errors import DataError
 from mollm.data.jsonl import iter_jsonl
 
 _PROMPT_FIELDS = ("prompt", "question", "instruction", "input")

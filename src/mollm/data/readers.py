@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from mollm.data.encode import DataError
+from mollm.core.errors import DataError
 from mollm.data.loading import load_records
 from mollm.data.records import QARecord
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mollm.data.encode import DataError
+from mollm.core.errors import DataError
 from mollm.data.facts import make_facts
 from mollm.data.loading import load_hub_dataset, load_records
 from mollm.data.readers import read_pku_saferlhf, read_tofu, read_truthfulqa

@@ -12,9 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A bad configuration; the message names the file and the offending key."""
+from mollm.core.errors import ConfigError
 
 
 class _Strict(BaseModel):

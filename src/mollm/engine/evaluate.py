@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from mollm.core.device import model_device
 from mollm.data.encode import PromptFormat, encode_batch
 from mollm.data.records import QARecord
-from mollm.device import model_device
 from mollm.objectives.base import token_logprobs
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from mollm.atomic import atomic_write_text
+from mollm.core.atomic import atomic_write_text
 from mollm.data.encode import PromptFormat, collate, encode_record
 from mollm.data.records import QARecord
 from mollm.engine import checkpoints

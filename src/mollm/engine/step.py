@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from mollm.device import model_device, to_device
+from mollm.core.device import model_device, to_device
 
 if TYPE_CHECKING:
     from mollm.models.reference import Reference

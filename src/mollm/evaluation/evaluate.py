@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from mollm.atomic import atomic_write_text
+from mollm.core.atomic import atomic_write_text
 from mollm.data.encode import PromptFormat
 from mollm.data.records import QARecord
 from mollm.evaluation.registry import EvalContext, MetricResult, compute_metric, get_metric
@@ -243,14 +243,14 @@ def evaluate(
         return ref_key
 
     def loader():
-        from mollm.device import default_device
+        from mollm.core.device import default_device
         from mollm.models.loading import load_model
 
         return load_model(model, device=default_device())
 
     def reference_loader():
         if isinstance(reference, (str, os.PathLike)) or reference is None:
-            from mollm.device import default_device
+            from mollm.core.device import default_device
             from mollm.models.loading import load_model
 
             return load_model(reference, device=default_device())[0]

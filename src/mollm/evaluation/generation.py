@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from mollm.core.device import model_device, to_device
 from mollm.data.encode import PromptFormat
-from mollm.device import model_device, to_device
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mollm.atomic import atomic_write_json
-from mollm.data.encode import DataError
+from mollm.core.atomic import atomic_write_json
+from mollm.core.errors import DataError
 from mollm.data.jsonl import iter_jsonl
 from mollm.evaluation.judge import Judge
 

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mollm.atomic import atomic_write_json
-from mollm.data.encode import DataError
+from mollm.core.atomic import atomic_write_json
+from mollm.core.errors import DataError
 from mollm.data.jsonl import iter_jsonl
 
 __all__ = [
@@ -169,7 +169,7 @@ class HFClassifierJudge(Judge):
             For a single-logit model the score is ``sigmoid(logit)`` and ``harmful_label`` must be ``None`` or 0.
         input_mode: ``"pair"`` encodes (prompt, response) as a text pair, ``"response"`` the response alone.
         batch_size, max_length, device: inference settings (batched, no gradients, truncation at ``max_length``;
-            ``device`` None: :func:`mollm.device.default_device`).
+            ``device`` None: :func:`mollm.core.device.default_device`).
         multi_label: score with a sigmoid over the harmful logit instead of a softmax over labels (for multi-label
             classifiers); by default taken from ``config.problem_type``.
     """
@@ -215,7 +215,7 @@ class HFClassifierJudge(Judge):
                 f"(expected a local folder or a reachable hub id): {exc}"
             ) from exc
         if device is None:  # the GPU when there is one, as for the evaluated model
-            from mollm.device import default_device
+            from mollm.core.device import default_device
 
             device = str(default_device())
         self.model.eval().to(device)
@@ -264,7 +264,7 @@ class HFClassifierJudge(Judge):
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         import torch
 
-        from mollm.device import to_device
+        from mollm.core.device import to_device
 
         _check_inputs(prompts, responses)
         out: list[float] = []

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mollm.core.device import model_device, to_device
+from mollm.core.tokens import IGNORE_INDEX
 from mollm.data.encode import DataError, PromptFormat, collate, encode_batch
 from mollm.data.records import QARecord
 from mollm.evaluation import stats
-from mollm.device import model_device, to_device
 from mollm.evaluation.generation import _pad_id, generate
 from mollm.evaluation.text import rouge_l_recall
-from mollm.objectives.base import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

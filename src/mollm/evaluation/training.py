@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mollm.data.encode import DataError
+from mollm.core.errors import DataError
 from mollm.data.jsonl import iter_jsonl
 
 _REQUIRED = ("step", "losses", "grad_norms", "conflict", "Gc")

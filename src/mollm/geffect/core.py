@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from mollm.device import model_device, to_device
+from mollm.core.device import model_device, to_device
 from mollm.geffect.groups import ParamGroups, param_groups
 from mollm.geffect.weights import SUPPORTED, ImplicitWeights, implicit_weights
 from mollm.objectives.base import Batch, Objective, token_logprobs

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from mollm.atomic import atomic_write_bytes
+from mollm.core.atomic import atomic_write_bytes
 from mollm.data.jsonl import iter_jsonl
 from mollm.geffect.core import GEffect, GradEMA, _resolve_objectives, compute_geffects
 from mollm.geffect.groups import ParamGroups, param_groups
@@ -139,8 +139,8 @@ def geffect_over_checkpoints(
     Returns:
         All results, checkpoint by checkpoint; ``step`` comes from the folder name (``checkpoint-120``) or the index.
     """
+    from mollm.core.device import default_device  # noqa: PLC0415
     from mollm.models.loading import load_model  # noqa: PLC0415 (heavy; only needed here)
-    from mollm.device import default_device  # noqa: PLC0415
     from mollm.models.reference import Reference  # noqa: PLC0415
 
     if not checkpoints:

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from mollm.device import model_device, to_device
+from mollm.core.device import model_device, to_device
+from mollm.core.tokens import token_logprobs
 
 
 def is_peft(model: torch.nn.Module) -> bool:
@@ -72,9 +73,7 @@ class Reference:
         return self.forward(batch).logits
 
     def token_logprobs(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probability of each answer token and the answer mask (see ``objectives.base.token_logprobs``)."""
-        from mollm.objectives.base import token_logprobs
-
+        """Reference log-probability of each answer token and the answer mask (see :func:`mollm.core.tokens.token_logprobs`)."""
         return token_logprobs(self.logits(batch), batch["labels"])
 
     def hidden_states(self, batch: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:

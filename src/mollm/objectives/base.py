@@ -1,25 +1,21 @@
 """The objective interface: a loss to minimise, computed from a model and one tokenised batch.
 
-A batch is the Hugging Face convention: ``input_ids``, ``attention_mask`` and ``labels`` (long tensors of shape
-(B, L)); ``labels`` equals ``input_ids`` on answer tokens and ``-100`` everywhere else, so prompt and padding tokens
-never count. Objectives needing the frozen reference model receive a :class:`~mollm.models.reference.Reference`,
+A batch is :data:`mollm.core.tokens.Batch` (answer tokens labelled, everything else ``IGNORE_INDEX``). Objectives needing the frozen reference model receive a :class:`~mollm.models.reference.Reference`,
 whose outputs are computed under ``no_grad``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from mollm.core.tokens import IGNORE_INDEX, Batch, token_logprobs
+
 if TYPE_CHECKING:
     from mollm.models.reference import Reference
-
-Batch = Mapping[str, torch.Tensor]
-IGNORE_INDEX = -100
 
 
 class Options(BaseModel):
@@ -52,18 +48,4 @@ class Objective(ABC):
         return f"{type(self).__name__}({opts})"
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of every label token and the answer mask, both shaped (B, L-1).
-
-    Position t of the result scores ``labels[:, t+1]`` from ``logits[:, t]`` (the causal shift). Masked positions
-    hold 0 so sums over the mask are safe.
-    """
-    shift_logits = logits[:, :-1, :]
-    shift_labels = labels[:, 1:]
-    mask = shift_labels.ne(IGNORE_INDEX)
-    safe_labels = shift_labels.masked_fill(~mask, 0)
-    # log_softmax + gather in float32 for stability; cross_entropy avoids materialising a second (B, L, V) tensor.
-    logp = -torch.nn.functional.cross_entropy(
-        shift_logits.float().reshape(-1, shift_logits.size(-1)), safe_labels.reshape(-1), reduction="none"
-    ).view_as(safe_labels)
-    return logp * mask, mask
+__all__ = ["IGNORE_INDEX", "Batch", "Objective", "Options", "token_logprobs"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from mollm.data.encode import DataError
+from mollm.core.errors import DataError
 from mollm.data.jsonl import iter_jsonl
 
 # Keys holding per-item lists etc. that are not metrics themselves.

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from mollm.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from mollm.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mollm.reports._load import read_json_metrics, read_training_log
 from mollm.reports.run_report import format_value, md_table, render_html
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mollm.atomic import atomic_write_bytes, atomic_write_text
+from mollm.core.atomic import atomic_write_bytes, atomic_write_text
 from mollm.reports._load import (
     TrainingLog,
     flatten_config,
