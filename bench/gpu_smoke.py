@@ -376,7 +376,7 @@ class Outcome:
 def run_case(case: Case, env: Env) -> Outcome:
     """An unlearning run in this process, on a model built here."""
     from mollm.engine.config import load_config
-    from mollm.engine.run import run
+    from mollm.runs import run
 
     shape = effective_shape(case, env.device)
     config = load_config(run_tree(case, env.args, sizes_for(shape, env.device), env.work_dir))

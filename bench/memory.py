@@ -78,7 +78,7 @@ def worker(case: str, out_dir: Path) -> None:
     import torch
 
     from mollm.engine.config import load_config
-    from mollm.engine.run import run
+    from mollm.runs import run
     from mollm.models.loading import load_model
 
     torch.set_num_threads(1 if case in PROCESSES else 2)

@@ -17,7 +17,7 @@ import torch
 import mollm.core.device
 from mollm.data.records import QARecord
 from mollm.engine.config import load_config
-from mollm.engine.run import run
+from mollm.runs import run
 from mollm.evaluation import evaluate
 from mollm.models.reference import Reference
 from mollm.models.tiny import tiny_model

@@ -20,8 +20,8 @@ import yaml
 from safetensors.torch import load_file
 
 from mollm.engine.config import load_config
-from mollm.engine.run import run
-from mollm.models.loading import load_model
+from mollm.runs import run
+from mollm.engine.checkpoints import load_model_or_checkpoint as load_model
 from mollm.models.tiny import tiny_gpt2, tiny_model
 
 FACTS = "n_people=6,seed=1,forget_fraction=0.34"

@@ -155,9 +155,11 @@ def test_registry_metric_errors(model, tok, forget):
         compute_metric("kl", ctx, forget)
     with pytest.raises(ValueError, match="metric 'truth_ratio'"):
         compute_metric("truth_ratio", ctx, forget, kind="world")
-    with pytest.raises(ValueError, match=r"metric 'nll': unknown option\(s\) \['knd'\]"):
+    with pytest.raises(ValueError, match=r"metric 'mia': option 'holdout': required; option 'k': .*valid number.*option 'holdot': unknown"):
+        compute_metric("mia", ctx, forget, k="many", holdot=forget)
+    with pytest.raises(ValueError, match=r"metric 'nll': option 'knd': unknown option \(its options: none\)"):
         compute_metric("nll", ctx, forget, knd=1)
-    with pytest.raises(ValueError, match=r"metric 'forget_quality': missing required option\(s\) \['reference'\]"):
+    with pytest.raises(ValueError, match=r"metric 'forget_quality': option 'reference': required"):
         compute_metric("forget_quality", ctx, forget)
 
 

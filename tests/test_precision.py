@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from mollm.engine.config import ConfigError, load_config
 from mollm.engine.distributed import DistributedError, shard_units
-from mollm.engine.run import RunError, run
+from mollm.runs import RunError, run
 from mollm.models.tiny import tiny_gpt2, tiny_model
 
 FACTS = "n_people=6,seed=1,forget_fraction=0.34"

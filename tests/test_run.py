@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from mollm.engine.config import ConfigError, load_config
-from mollm.engine.run import RunError, run
+from mollm.runs import RunError, run
 from mollm.models.tiny import tiny_model
 
 FACTS = "n_people=6,seed=1,forget_fraction=0.34"
@@ -218,8 +218,9 @@ def test_shipped_configs_validate():
 
 def test_inline_record_missing_field_is_named(tmp_path, tokenizer):
     config = _config(tmp_path, data={"forget": [{"question": "q?"}], "retain": [{"question": "a?", "answer": "b"}]})
-    with pytest.raises(RunError, match=r"data.forget.0.answer: expected a non-empty string"):
+    with pytest.raises(ConfigError, match=r"\n  - data.forget.0.answer: expected a non-empty string"):
         run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+    assert not config.run_dir.exists()  # checked before the run directory was made
 
 
 def test_geffect_tracking_during_a_run(tmp_path, tokenizer):
@@ -266,7 +267,7 @@ def test_checkpoints_load_as_models_and_feed_geffect_cli(tmp_path, tokenizer, lo
     from typer.testing import CliRunner
 
     from mollm.cli import app
-    from mollm.models.loading import load_model
+    from mollm.engine.checkpoints import load_model_or_checkpoint as load_model
 
     base = tmp_path / "tiny"
     tiny_model().save_pretrained(base)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "finetune", "load_config", "unlearn"]
+__all__ = ["__version__", "finetune", "load_config", "unlearn", "validate"]
 
 
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
@@ -32,7 +32,7 @@ def _run(
     config: RunConfig | str | Path | dict[str, Any], mode: str, overrides: list[str] | None, **kwargs: Any
 ) -> RunResult:
     from mollm.engine.config import RunConfig
-    from mollm.engine.run import run
+    from mollm.runs import run
 
     if not isinstance(config, RunConfig):
         config = load_config(config, overrides)
@@ -53,3 +53,15 @@ def finetune(
 ) -> RunResult:
     """Fine-tune (e.g. one ``nll`` objective) to build a target model; returns a ``RunResult``."""
     return _run(config, "finetune", overrides, **kwargs)
+
+
+def validate(config: RunConfig | str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Check a run configuration as :func:`unlearn` would before starting (options, data, suites, model spec,
+    truncation) without writing anything or loading weights; a ``ConfigError`` lists every problem."""
+    from mollm.engine.config import RunConfig
+    from mollm.runs import validate as _validate
+
+    if not isinstance(config, RunConfig):
+        config = load_config(config, overrides)
+    _validate(config)
+    return config

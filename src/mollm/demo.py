@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mollm.engine.config import load_config
-from mollm.engine.run import RunResult, run
+from mollm.runs import RunResult, run
 from mollm.reports import write_report
 
 # General-knowledge answers the embedded model already knows: their perplexity shows utility kept.

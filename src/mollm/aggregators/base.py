@@ -12,15 +12,14 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mollm.core.registry import Options, Registry, build_options
 
 _SYMMETRY_RTOL = 1e-4
 
 
-class AggregatorOptions(BaseModel):
+class AggregatorOptions(Options):
     """Base class of an aggregator's options; unknown keys are errors (a typo must not pass silently)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Aggregator(ABC):
@@ -28,17 +27,9 @@ class Aggregator(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[AggregatorOptions]] = AggregatorOptions
-    #: False when the coefficients do not depend on G (the engine may then skip computing it and pass any (m, m)).
-    needs_gramian: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
-        try:
-            self.options = self.Options(**options)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"option '{'.'.join(str(p) for p in err['loc']) or '?'}': {err['msg']}" for err in exc.errors()
-            )
-            raise ValueError(f"aggregator '{self.name}': {problems}") from None
+        self.options = build_options("aggregator", self.name, self.Options, options)
 
     def __call__(self, gramian: torch.Tensor) -> torch.Tensor:
         """Return the coefficients c (shape (m,), same dtype and device as ``gramian``)."""
@@ -81,27 +72,20 @@ def _check_gramian(gramian: torch.Tensor, name: str) -> np.ndarray:
     return g
 
 
-_REGISTRY: dict[str, type[Aggregator]] = {}
+AGGREGATORS: Registry[type[Aggregator]] = Registry("aggregator")
 _A = TypeVar("_A", bound=type[Aggregator])
 
 
 def register(cls: _A) -> _A:
     """Class decorator: make an aggregator available to :func:`get` under ``cls.name``."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"aggregator name '{cls.name}' is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return AGGREGATORS.add(cls.name, cls, cls.Options)
 
 
 def available() -> list[str]:
     """Names of the registered aggregators, sorted."""
-    return sorted(_REGISTRY)
+    return AGGREGATORS.names()
 
 
 def get(name: str, **options: Any) -> Aggregator:
     """Build the aggregator called ``name`` with validated ``options`` (ValueError naming a bad option or name)."""
-    try:
-        cls = _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown aggregator {name!r}; available: {', '.join(available())}") from None
-    return cls(**options)
+    return AGGREGATORS.entry(name).target(**options)

@@ -35,7 +35,6 @@ class Linear(Aggregator):
 
     name = "linear"
     Options = LinearOptions
-    needs_gramian = False
 
     def _solve(self, gram: np.ndarray) -> np.ndarray:
         m = gram.shape[0]

@@ -33,7 +33,7 @@ def _fail(err: Exception) -> None:
 
 def _run(config_path: Path, overrides: list[str] | None, mode: str) -> None:
     from mollm.engine.config import ConfigError, load_config
-    from mollm.engine.run import RunError, run
+    from mollm.runs import RunError, run
 
     try:
         config = load_config(config_path, [f"mode={mode}", *(overrides or [])])
@@ -93,7 +93,7 @@ def generate(
     from mollm.data.encode import DataError, PromptFormat
     from mollm.data.prompts import read_prompts
     from mollm.evaluation.generation import generate as _generate
-    from mollm.models.loading import load_model
+    from mollm.engine.checkpoints import load_model_or_checkpoint as load_model
 
     if out.exists() and not overwrite:
         _fail(FileExistsError(f"{out} exists; pass --overwrite to replace it"))
@@ -130,6 +130,7 @@ def _register_subcommands() -> None:
     from mollm.cli.evaluate import eval_cmd
     from mollm.cli.geffect import geffect_cmd
     from mollm.cli.judge import judge_app
+    from mollm.cli.listing import list_cmd
     from mollm.cli.report import compare_cmd, report_cmd
 
     app.add_typer(judge_app, name="judge", help="Train or apply a harmfulness judge.")
@@ -137,6 +138,7 @@ def _register_subcommands() -> None:
     app.command("report")(report_cmd)
     app.command("compare")(compare_cmd)
     app.command("geffect")(geffect_cmd)
+    app.command("list")(list_cmd)
 
 
 _register_subcommands()

@@ -104,13 +104,19 @@ def geffect_cmd(
         Optional[Path], typer.Option(help="only plot/summarise an existing geffect.jsonl (from a run's callback)")
     ] = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("geffect_out"),
+    overwrite: Annotated[
+        bool, typer.Option(help="replace an existing OUT (kept until the new results are written)")
+    ] = False,
 ) -> None:
     """Compute G-effects (by layer, sample and step) and write geffect.json, plots and summary.md to OUT."""
-    from mollm.core.atomic import atomic_write_json  # noqa: PLC0415
+    from mollm.core.atomic import atomic_write_json, atomic_write_text  # noqa: PLC0415
+    from mollm.core.outputs import OutputExistsError, claim_output  # noqa: PLC0415
     from mollm.geffect.plots import plot_curves, plot_heatmap, plot_samples, summary_markdown  # noqa: PLC0415
     from mollm.geffect.tracking import read_jsonl  # noqa: PLC0415
 
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and any(out.iterdir()) and not overwrite:  # before hours of compute, not after
+        typer.secho(f"error: {out} already exists; pass --overwrite to replace it", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
     checks: list[dict[str, Any]] = []
     if from_jsonl is not None:
         if not from_jsonl.exists():
@@ -145,14 +151,21 @@ def geffect_cmd(
         except (ModelLoadError, DataError, FileNotFoundError) as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
-    atomic_write_json(out / "geffect.json", {"rows": rows, "first_order_checks": checks})
-    plot_curves(rows, out / "geffect_curves.png")
-    plot_heatmap(rows, out / "geffect_heatmap_e_r.png", key="e_r")
-    plot_heatmap(rows, out / "geffect_heatmap_e_u.png", key="e_u")
-    if any(r.get("samples") for r in rows):
-        plot_samples(rows, out / "geffect_samples.png")
     md = summary_markdown(rows, checks=checks)
-    (out / "summary.md").write_text(md)
+    try:
+        claim = claim_output(out, overwrite=overwrite, what="G-effect output")
+    except OutputExistsError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    with claim:  # the old OUT is removed only once the new results are on disk
+        atomic_write_json(out / "geffect.json", {"rows": rows, "first_order_checks": checks})
+        claim.started()
+        plot_curves(rows, out / "geffect_curves.png")
+        plot_heatmap(rows, out / "geffect_heatmap_e_r.png", key="e_r")
+        plot_heatmap(rows, out / "geffect_heatmap_e_u.png", key="e_u")
+        if any(r.get("samples") for r in rows):
+            plot_samples(rows, out / "geffect_samples.png")
+        atomic_write_text(out / "summary.md", md)
     typer.echo(md)
     typer.echo(f"wrote {out}/geffect.json, plots and summary.md")
     if checks and not all(c["passed"] for c in checks):
@@ -185,7 +198,7 @@ def _compute(
     from mollm.geffect.core import GradEMA, compute_geffects  # noqa: PLC0415
     from mollm.geffect.tracking import step_of  # noqa: PLC0415
     from mollm.geffect.verify import verify_first_order  # noqa: PLC0415
-    from mollm.models.loading import load_model  # noqa: PLC0415
+    from mollm.engine.checkpoints import load_model_or_checkpoint as load_model  # noqa: PLC0415
     from mollm.models.reference import Reference  # noqa: PLC0415
 
     if prompt_format not in ("plain", "chat"):

@@ -18,14 +18,14 @@ from mollm.data.readers import (
     truthfulqa_split_indices,
 )
 from mollm.data.records import QARecord
-from mollm.data.spec import SPEC_KINDS, load_dataset_spec
+from mollm.data.spec import DATA_KINDS, load_dataset_spec
 
 __all__ = [
     "ANSWER_FIELDS",
     "ATTRIBUTES",
     "PLAIN_TEMPLATE",
     "QUESTION_FIELDS",
-    "SPEC_KINDS",
+    "DATA_KINDS",
     "DataError",
     "FactSet",
     "LabelledResponse",

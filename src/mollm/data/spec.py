@@ -21,15 +21,73 @@ Only these kind names are treated as prefixes, so Windows paths such as ``C:\\da
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from mollm.core.errors import DataError
+from mollm.core.registry import Registry, first_paragraph
 from mollm.data.facts import make_facts
 from mollm.data.loading import load_hub_dataset, load_records
 from mollm.data.readers import read_pku_saferlhf, read_tofu, read_truthfulqa
 from mollm.data.records import QARecord
 
-SPEC_KINDS: tuple[str, ...] = ("tofu", "truthfulqa", "pku", "facts", "hf", "file")
+_Reader = Callable[[str, str, str, "dict[str, str | None]"], list[QARecord]]
+
+#: The spec kinds (``KIND:ARGUMENT[#OPTION]``): a reader ``(spec, argument, option, fields) -> records`` each.
+DATA_KINDS: Registry[_Reader] = Registry("data kind")
+
+
+def _kind(name: str, syntax: str) -> Callable[[_Reader], _Reader]:
+    def deco(fn: _Reader) -> _Reader:
+        return DATA_KINDS.add(name, fn, description=f"{syntax}: {first_paragraph(fn.__doc__)}")
+
+    return deco
+
+
+@_kind("tofu", "tofu:PATH")
+def _tofu(spec: str, argument: str, option: str, fields: dict[str, str | None]) -> list[QARecord]:
+    """A TOFU split (question, answer, and the perturbed answers when present)."""
+    _no_option(spec, option)
+    return read_tofu(argument)
+
+
+@_kind("truthfulqa", "truthfulqa:PATH[#train|val|test|all][@SEED]")
+def _truthfulqa(spec: str, argument: str, option: str, fields: dict[str, str | None]) -> list[QARecord]:
+    """TruthfulQA, one split of the seeded 70/10/20 split (default all; seed 0)."""
+    split_name, _, seed_text = (option or "all").partition("@")
+    if split_name not in ("train", "val", "test", "all"):
+        raise DataError(f"data spec {spec!r}: unknown TruthfulQA split {split_name!r}; expected train, val, test or all")
+    seed = _int(spec, "seed", seed_text) if seed_text else 0
+    split = None if split_name == "all" else split_name
+    return read_truthfulqa(argument, split, seed=seed)  # type: ignore[arg-type]
+
+
+@_kind("pku", "pku:PATH[#unsafe|safe|all]")
+def _pku(spec: str, argument: str, option: str, fields: dict[str, str | None]) -> list[QARecord]:
+    """PKU-SafeRLHF responses (default ``unsafe``: the forget set of harmful answers)."""
+    which = option or "unsafe"
+    if which not in ("unsafe", "safe", "all"):
+        raise DataError(f"data spec {spec!r}: unknown PKU-SafeRLHF selection {which!r}; expected unsafe, safe or all")
+    return read_pku_saferlhf(argument, which=which)  # type: ignore[arg-type]
+
+
+@_kind("facts", "facts:forget|retain|all[#n_people=N,seed=S,forget_fraction=F]")
+def _facts_kind(spec: str, argument: str, option: str, fields: dict[str, str | None]) -> list[QARecord]:
+    """The built-in fictitious facts (:func:`~mollm.data.facts.make_facts`)."""
+    return _facts(spec, argument, option)
+
+
+@_kind("hf", "hf:ID[#SPLIT]")
+def _hf(spec: str, argument: str, option: str, fields: dict[str, str | None]) -> list[QARecord]:
+    """A Hugging Face dataset (default split ``train``); ``question_field``/``answer_field`` pick the columns."""
+    return load_hub_dataset(argument, split=option or "train", **fields)
+
+
+@_kind("file", "file:PATH or PATH")
+def _file(spec: str, argument: str, option: str, fields: dict[str, str | None]) -> list[QARecord]:
+    """A .jsonl/.json/.csv/.parquet file (:func:`~mollm.data.loading.load_records`)."""
+    _no_option(spec, option)
+    return load_records(Path(argument), **fields)
 
 
 def load_dataset_spec(
@@ -46,48 +104,19 @@ def load_dataset_spec(
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer or None, got {limit}")
+    fields = {"question_field": question_field, "answer_field": answer_field}
     if isinstance(spec, Path):
-        return load_records(spec, question_field=question_field, answer_field=answer_field, limit=limit)
+        return load_records(spec, limit=limit, **fields)
     text = spec.strip()
     if not text:
         raise DataError("empty data spec; expected e.g. 'tofu:PATH', 'facts:forget' or a file path")
     kind, sep, rest = text.partition(":")
-    if not sep or kind.lower() not in SPEC_KINDS:
-        return load_records(text, question_field=question_field, answer_field=answer_field, limit=limit)
-    kind = kind.lower()
+    if not sep or kind.lower() not in DATA_KINDS:
+        return load_records(text, limit=limit, **fields)
     argument, _, option = rest.rpartition("#") if "#" in rest else (rest, "", "")
     if not argument:
         raise DataError(f"data spec {spec!r}: nothing after '{kind}:'; expected a path or name")
-
-    records: list[QARecord]
-    if kind == "tofu":
-        _no_option(spec, option)
-        records = read_tofu(argument)
-    elif kind == "truthfulqa":
-        split_name, _, seed_text = (option or "all").partition("@")
-        if split_name not in ("train", "val", "test", "all"):
-            raise DataError(
-                f"data spec {spec!r}: unknown TruthfulQA split {split_name!r}; expected train, val, test or all"
-            )
-        seed = _int(spec, "seed", seed_text) if seed_text else 0
-        split = None if split_name == "all" else split_name
-        records = read_truthfulqa(argument, split, seed=seed)  # type: ignore[arg-type]
-    elif kind == "pku":
-        which = option or "unsafe"
-        if which not in ("unsafe", "safe", "all"):
-            raise DataError(
-                f"data spec {spec!r}: unknown PKU-SafeRLHF selection {which!r}; expected unsafe, safe or all"
-            )
-        records = read_pku_saferlhf(argument, which=which)  # type: ignore[arg-type]
-    elif kind == "facts":
-        records = _facts(spec, argument, option)
-    elif kind == "hf":
-        records = load_hub_dataset(
-            argument, question_field=question_field, answer_field=answer_field, split=option or "train"
-        )
-    else:  # file
-        _no_option(spec, option)
-        records = load_records(Path(argument), question_field=question_field, answer_field=answer_field)
+    records = DATA_KINDS.entry(kind.lower()).target(spec, argument, option, fields)
     return records[:limit] if limit is not None else records
 
 

@@ -119,3 +119,114 @@ def _load_sharded(
     rng = folder / f"rng_{accelerator.process_index}.pt"
     if rng.is_file():  # resumed with another process count: ranks beyond the saved ones keep their seeded state
         _set_rng_state(torch.load(rng, weights_only=False))
+
+
+# --- checkpoints as models ------------------------------------------------------------------------------------
+
+# One process / data-parallel runs (accelerate state), fsdp runs (torch.distributed.checkpoint shards).
+_CHECKPOINT_WEIGHTS = ("model.safetensors", "custom_checkpoint_0.pkl", f"{SHARDED_DIR}/.metadata")
+
+
+def is_checkpoint(path: str | os.PathLike[str] | None) -> bool:
+    """``RUN/checkpoints/step_N`` holding weights, in a run directory whose config names the base model."""
+    if path is None:
+        return False
+    p = Path(path).expanduser()
+    return (
+        p.is_dir()
+        and p.parent.name == "checkpoints"
+        and (p.parent.parent / "config.yaml").is_file()
+        and any((p / name).is_file() for name in _CHECKPOINT_WEIGHTS)
+    )
+
+
+def _run_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load((path.parent.parent / "config.yaml").read_text()) or {}
+
+
+def load_model_or_checkpoint(
+    spec: str | os.PathLike[str] | None = None,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Any, Any]:
+    """:func:`mollm.models.loading.load_model`, and also a run's checkpoint ``RUN/checkpoints/step_N``: the run's
+    base model (with its LoRA adapter if it had one) rebuilt and the checkpoint's weights loaded into it."""
+    from mollm.models.loading import load_model
+
+    if not is_checkpoint(spec):
+        return load_model(spec, dtype=dtype, cache_dir=cache_dir, device=device)
+    model, tokenizer = _load_checkpoint(Path(spec).expanduser(), dtype, cache_dir)  # type: ignore[arg-type]
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
+def model_spec_problem(spec: str | os.PathLike[str] | None) -> str | None:
+    """Why ``spec`` names no loadable model or checkpoint (None when it does); no weights are read."""
+    from mollm.models.loading import resolve_model_spec
+
+    if is_checkpoint(spec):
+        return None
+    try:
+        resolve_model_spec(spec)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def load_tokenizer_or_checkpoint(spec: str | os.PathLike[str] | None = None) -> Any:
+    """The tokenizer of a model spec, or of the run a checkpoint belongs to (no weights are read)."""
+    from mollm.models.loading import load_tokenizer
+
+    if is_checkpoint(spec):
+        return load_tokenizer(_run_config(Path(spec).expanduser()).get("model", "embedded"))  # type: ignore[arg-type]
+    return load_tokenizer(spec)
+
+
+def _load_checkpoint(path: Path, dtype: torch.dtype | str, cache_dir: str | os.PathLike[str] | None) -> tuple[Any, Any]:
+    import warnings
+
+    from mollm.models.loading import ModelLoadError
+
+    run_config = _run_config(path)
+    model, tokenizer = load_model_or_checkpoint(run_config.get("model", "embedded"), dtype=dtype, cache_dir=cache_dir)
+    lora = run_config.get("lora")
+    if lora:
+        from mollm.models.lora import apply_lora
+
+        model = apply_lora(
+            model,
+            r=lora["r"],
+            alpha=lora["alpha"],
+            dropout=lora.get("dropout", 0.0),
+            target_modules=lora.get("target_modules"),
+        )
+    if (path / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / "model.safetensors"))
+    elif (path / SHARDED_DIR / ".metadata").is_file():
+        import torch.distributed.checkpoint as dcp
+
+        # Sharded by several processes; one process reads every shard into the whole model (no process group).
+        wanted = {"model": {k: v for k, v in model.state_dict().items() if not k.endswith("lm_head.weight")}}
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message=".*load in a single process")
+            dcp.load(wanted, checkpoint_id=str(path / SHARDED_DIR))
+        state = wanted["model"]
+    else:
+        state = torch.load(path / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embedding, saved once
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"checkpoint {path}: its weights do not fit the run's model ({run_config.get('model')!r}): "
+            f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    model.tie_weights()
+    model.eval()
+    return model, tokenizer

@@ -453,17 +453,6 @@ def _statistics(gramian: torch.Tensor, coefficients: torch.Tensor) -> dict[str, 
     }
 
 
-def multi_objective_backward(
-    model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter],
-    loss_closures: Sequence[LossClosure],
-    aggregator: Aggregator,
-    *,
-    names: Sequence[str] | None = None,
-) -> StepStats:
-    """One-shot form of :class:`MultiObjectiveStep` (allocates its buffer every call; keep a step object in loops)."""
-    return MultiObjectiveStep(model_or_params, aggregator, names=names)(loss_closures)
-
-
 def summed_backward(
     model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter],
     loss_closures: Sequence[LossClosure],

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from mollm.core.atomic import atomic_write_text
+from mollm.core.errors import ConfigError
 from mollm.data.encode import PromptFormat
 from mollm.data.records import QARecord
 from mollm.evaluation.registry import EvalContext, MetricResult, compute_metric, get_metric
@@ -165,7 +166,10 @@ def _load_data(name: str, suite: Mapping[str, Any]) -> list[QARecord]:
     if isinstance(data, (str, os.PathLike)):
         from mollm.data.spec import load_dataset_spec
 
-        records = load_dataset_spec(data if isinstance(data, str) else Path(data), limit=limit)
+        try:
+            records = load_dataset_spec(data if isinstance(data, str) else Path(data), limit=limit)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"suite {name!r}: data: {err}") from None
     elif isinstance(data, Sequence) and all(isinstance(r, QARecord) for r in data):
         records = list(data)[:limit] if limit else list(data)
     else:
@@ -189,11 +193,56 @@ def _metric_entries(name: str, suite: Mapping[str, Any]) -> list[tuple[str, dict
             out.append((m["name"], {k: v for k, v in m.items() if k != "name"}))
         else:
             raise ValueError(f"suite {name!r}: metrics[{i}] must be a metric name or a dict with 'name', got {m!r}")
-        get_metric(out[-1][0])  # unknown names fail before any model is loaded
     names = {metric for metric, _ in out}
     if "harmful_rate" in names and "fluency" not in names:
         out.append(("fluency", {}))  # a harmful rate alone proves nothing: gibberish is "harmless"
     return out
+
+
+def _spec_problem(spec: Any) -> str | None:
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        return None  # a loaded model
+    from mollm.engine.checkpoints import model_spec_problem
+
+    return model_spec_problem(spec)
+
+
+def check_suites(suites: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every problem with ``suites`` — data that cannot be read, unknown metrics, bad options, a ``mia`` holdout that
+    is not a suite, a judge that does not exist — found without loading any model. Empty when all is well."""
+    from mollm.evaluation.judge import judge_kind
+    from mollm.evaluation.registry import METRICS
+
+    problems: list[str] = []
+    for name, suite in suites.items():
+        try:
+            _load_data(name, suite)
+        except ValueError as err:
+            problems.append(str(err))
+        try:
+            entries = _metric_entries(name, suite)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        seen: set[str] = set()
+        for metric, options in entries:
+            resolved = dict(options)
+            out_key = str(resolved.pop("as", metric))
+            if out_key in seen:
+                problems.append(f"suite {name!r}: result {out_key!r} appears twice; give one an 'as' name")
+            seen.add(out_key)
+            problems += [f"suite {name!r}: {p}" for p in METRICS.check(metric, resolved)]
+            holdout = resolved.get("holdout")
+            if metric == "mia" and isinstance(holdout, str) and holdout not in suites:
+                problems.append(
+                    f"suite {name!r}: metric 'mia' option holdout={holdout!r} is not a suite (suites: {sorted(suites)})"
+                )
+            if metric == "harmful_rate":
+                try:
+                    judge_kind(resolved.get("judge", "keyword"))
+                except FileNotFoundError as err:
+                    problems.append(f"suite {name!r}: metric 'harmful_rate': {err}")
+    return problems
 
 
 def evaluate(
@@ -223,6 +272,13 @@ def evaluate(
     "columns", "options", "cached"}}}}``.
     """
     out_dir = Path(out_dir)
+    problems = check_suites(suites)
+    for what, spec in (("model", model), ("reference", reference)):
+        if what == "model" or spec is not None:
+            problem = _spec_problem(spec)
+            problems += [f"{what}: {problem}"] if problem else []
+    if problems:  # before any model is loaded or anything is written
+        raise ConfigError(f"{len(problems)} problem(s) with the evaluation suites:\n" + "\n".join(f"  - {p}" for p in problems))
     settings = {"fmt": asdict(fmt), "max_length": max_length, "max_new_tokens": max_new_tokens}
     data = {name: _load_data(name, suite) for name, suite in suites.items()}
     plan = {name: _metric_entries(name, suite) for name, suite in suites.items()}
@@ -244,14 +300,14 @@ def evaluate(
 
     def loader():
         from mollm.core.device import default_device
-        from mollm.models.loading import load_model
+        from mollm.engine.checkpoints import load_model_or_checkpoint as load_model
 
         return load_model(model, device=default_device())
 
     def reference_loader():
         if isinstance(reference, (str, os.PathLike)) or reference is None:
             from mollm.core.device import default_device
-            from mollm.models.loading import load_model
+            from mollm.engine.checkpoints import load_model_or_checkpoint as load_model
 
             return load_model(reference, device=default_device())[0]
         return reference

@@ -27,6 +27,7 @@ import numpy as np
 
 from mollm.core.atomic import atomic_write_json
 from mollm.core.errors import DataError
+from mollm.core.registry import Options, Registry
 from mollm.data.jsonl import iter_jsonl
 
 __all__ = [
@@ -699,20 +700,48 @@ def load_judge(path: Path | str, encoder: Encoder | None = None) -> EmbeddingJud
 _LOCAL_PATH = re.compile(r"^(\.{1,2}[\\/]|[\\/]|~|[A-Za-z]:[\\/])")
 
 
-def get_judge(spec: str | Path, harmful_label: str | int | None = None) -> Judge:
-    """``"keyword"`` → :class:`KeywordJudge`; a folder (or ``judge.json``) from ``mollm judge train`` →
-    :class:`EmbeddingJudge`; any other existing folder or a hub id → :class:`HFClassifierJudge`."""
+class ClassifierJudgeOptions(Options):
+    """Options of a Hugging Face classifier judge."""
+
+    harmful_label: str | int | None = None  # the label meaning "harmful"; default: guessed from id2label
+
+
+#: Judge kinds; a judge spec names one by its form (see :func:`judge_kind`), the entry builds it.
+JUDGES: Registry[Callable[..., Judge]] = Registry("judge")
+JUDGES.add("keyword", lambda spec: KeywordJudge(), description="'keyword': the refusal-phrase baseline")
+JUDGES.add("embedding", lambda spec: load_judge(spec), description="a folder from `mollm judge train` (or its judge.json)")
+JUDGES.add(
+    "classifier",
+    lambda spec, harmful_label=None: HFClassifierJudge(spec, harmful_label=harmful_label),
+    ClassifierJudgeOptions,
+    "a Hugging Face sequence-classification model: a folder or a hub id",
+)
+
+
+def judge_kind(spec: str | Path) -> str:
+    """Which :data:`JUDGES` entry a spec names, without loading anything; a local path that does not exist is a
+    ``FileNotFoundError``."""
     text = str(spec)
     if text.strip().lower() == "keyword":
-        return KeywordJudge()
+        return "keyword"
     path = Path(text).expanduser()
     if path.is_file() or (path.is_dir() and (path / _JUDGE_FILE).is_file()):
-        return load_judge(path)
+        return "embedding"
     if path.is_dir():
-        return HFClassifierJudge(path, harmful_label=harmful_label)
+        return "classifier"
     if _LOCAL_PATH.match(text) or path.suffix == ".json":
         raise FileNotFoundError(
             f"judge {text!r}: no such file or folder (expected 'keyword', a folder written by 'mollm judge train', "
             "or a Hugging Face sequence-classification model id/path)"
         )
-    return HFClassifierJudge(text, harmful_label=harmful_label)
+    return "classifier"
+
+
+def get_judge(spec: str | Path, harmful_label: str | int | None = None) -> Judge:
+    """``"keyword"`` → :class:`KeywordJudge`; a folder (or ``judge.json``) from ``mollm judge train`` →
+    :class:`EmbeddingJudge`; any other existing folder or a hub id → :class:`HFClassifierJudge`."""
+    kind = judge_kind(spec)
+    text = str(spec) if kind == "classifier" else Path(str(spec)).expanduser()
+    if kind == "classifier":
+        return JUDGES.entry(kind).target(text, **dict(JUDGES.options(kind, {"harmful_label": harmful_label})))
+    return JUDGES.entry(kind).target(text)

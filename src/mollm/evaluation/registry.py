@@ -11,7 +11,6 @@ cached generation helper) and the suite's records; it returns one value per reco
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mollm.core.registry import Registry, first_paragraph, options_from_signature
 from mollm.data.encode import PromptFormat
 from mollm.data.records import QARecord
 from mollm.evaluation import scoring, stats
@@ -159,7 +159,8 @@ class MetricSpec:
     description: str = ""
 
 
-_REGISTRY: dict[str, MetricSpec] = {}
+#: Every metric, with an options class built from its keyword parameters (their annotations and defaults).
+METRICS: Registry[MetricSpec] = Registry("metric")
 
 
 def register(
@@ -168,10 +169,11 @@ def register(
     """Decorator registering ``fn(ctx, data, **options) -> MetricResult`` under ``name``."""
 
     def deco(fn: MetricFn) -> MetricFn:
-        if name in _REGISTRY:
+        if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
-        doc = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
-        _REGISTRY[name] = MetricSpec(name, fn, needs_reference, uses_generation, doc)
+        doc = first_paragraph(fn.__doc__)
+        spec = MetricSpec(name, fn, needs_reference, uses_generation, doc)
+        METRICS.add(name, spec, options_from_signature(fn, skip=2, name=name), doc)
         return fn
 
     return deco
@@ -179,30 +181,20 @@ def register(
 
 def get_metric(name: str) -> MetricSpec:
     """The registered metric ``name``; a clear error listing the known names otherwise."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(sorted(_REGISTRY))}") from None
+    return METRICS.entry(name).target
 
 
 def available_metrics() -> dict[str, str]:
     """``{name: one-line description}`` of every registered metric."""
-    return {name: spec.description for name, spec in sorted(_REGISTRY.items())}
+    return {entry.name: entry.description for entry in METRICS}
 
 
 def compute_metric(name: str, ctx: EvalContext, data: Sequence[QARecord], **options: Any) -> MetricResult:
-    """Run the registered metric ``name`` on ``data``; unknown options are an error naming the metric."""
+    """Run the registered metric ``name`` on ``data``; bad options are an error naming the metric and each option."""
     spec = get_metric(name)
     if not data:
         raise ValueError(f"metric {name!r}: the data set is empty")
-    params = list(inspect.signature(spec.fn).parameters.values())[2:]  # after (ctx, data)
-    allowed = {p.name for p in params}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"metric {name!r}: unknown option(s) {unknown}; its options are {sorted(allowed) or 'none'}")
-    missing = sorted(p.name for p in params if p.default is inspect.Parameter.empty and p.name not in options)
-    if missing:
-        raise ValueError(f"metric {name!r}: missing required option(s) {missing}")
+    METRICS.options(name, options)
     return spec.fn(ctx, list(data), **options)
 
 
@@ -288,7 +280,7 @@ def _mia(
     ctx: EvalContext,
     data: list[QARecord],
     *,
-    holdout: Sequence[QARecord],
+    holdout: str | Sequence[QARecord],  # a suite name in configs, resolved to its records before the call
     k: float = 0.4,
     retain_auc: dict[str, float] | float | None = None,
 ) -> MetricResult:

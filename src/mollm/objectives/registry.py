@@ -1,14 +1,17 @@
-"""Look up objectives by name: ``get("uce", eps=0.3)``, ``available()``, and the ``@register`` decorator."""
+"""Look up objectives by name: ``get("uce", eps=0.3)``, ``available()``, and the ``@register`` decorator.
+
+The entries live in :data:`OBJECTIVES`, a :class:`mollm.core.registry.Registry` whose options classes are the
+objectives' own ``Options``, so a run's objectives are validated before any model is loaded.
+"""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
+from mollm.core.registry import Registry
 from mollm.objectives.base import Objective
 
-_REGISTRY: dict[str, type[Objective]] = {}
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 
 T = TypeVar("T", bound=type[Objective])
 
@@ -20,41 +23,19 @@ def register(cls: T) -> T:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"{cls.__name__} must set a non-empty class attribute 'name' to be registered")
-    existing = _REGISTRY.get(name)
-    if existing is not None and existing.__qualname__ != cls.__qualname__:
-        owner = f"{existing.__module__}.{existing.__qualname__}"
-        raise ValueError(f"objective name '{name}' is already registered by {owner}")
-    _REGISTRY[name] = cls
-    return cls
+    return OBJECTIVES.add(name, cls, cls.Options)
 
 
 def available() -> list[str]:
     """Names of all registered objectives, sorted."""
-    return sorted(_REGISTRY)
+    return OBJECTIVES.names()
 
 
 def objective_class(name: str) -> type[Objective]:
     """The class registered under ``name``; unknown names raise a ``ValueError`` listing the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown objective '{name}'; available: {', '.join(available())}") from None
+    return OBJECTIVES.entry(name).target
 
 
 def get(name: str, **options: Any) -> Objective:
     """Build the objective ``name`` with ``options``; a bad option raises a ``ValueError`` naming it."""
-    cls = objective_class(name)
-    try:
-        return cls(**options)
-    except ValidationError as err:
-        raise ValueError(_readable(name, cls, err)) from None
-
-
-def _readable(name: str, cls: type[Objective], err: ValidationError) -> str:
-    known = ", ".join(cls.Options.model_fields) or "(none)"
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(options)"
-        got = f" (got {e['input']!r})" if e["type"] != "missing" else ""
-        lines.append(f"option '{field}': {e['msg']}{got}")
-    return f"objective '{name}': " + "; ".join(lines) + f". Known options: {known}"
+    return objective_class(name)(**options)
