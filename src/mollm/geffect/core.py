@@ -29,8 +29,9 @@ import torch
 
 from mollm.core.device import model_device, to_device
 from mollm.geffect.groups import ParamGroups, param_groups
-from mollm.geffect.weights import SUPPORTED, ImplicitWeights, implicit_weights
-from mollm.objectives.base import Batch, Objective, token_logprobs
+from mollm.geffect.weights import ImplicitWeights
+from mollm.objectives._common import answer_logprobs, check_batch, forward, model_logprobs, per_sample_mean
+from mollm.objectives.base import Batch, Objective
 
 RETAIN_SIDE: frozenset[str] = frozenset({"nll", "kl"})
 """Objectives that act on retain data: without an explicit batch they get the retain batch, not the forget batch."""
@@ -43,28 +44,12 @@ EMA_OLD, EMA_NEW = 0.6, 0.4  # the G-effect paper's code: g <- 0.6 g_old + 0.4 g
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Answer-token log-probs; base.token_logprobs casts to float32, so float64 models get a float64 path (precision
-    matters for the first-order check)."""
-    if logits.dtype != torch.float64:
-        return token_logprobs(logits, labels)
-    shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
-    mask = shift_labels.ne(-100)
-    safe = shift_labels.masked_fill(~mask, 0)
-    logp = torch.log_softmax(shift_logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return logp * mask, mask
-
-
-def _check_batch(batch: Batch, what: str) -> None:
-    for key in ("input_ids", "labels"):
-        if key not in batch:
-            raise ValueError(f"{what}: the batch has no '{key}' (keys: {', '.join(batch)})")
-
-
 def sequence_logprobs(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward ``batch`` and return the answer-token log-probs (B, L-1) and answer mask (with the graph)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
-    return _logprobs(out.logits, batch["labels"])
+    """Forward ``batch`` and return the answer-token log-probs (B, L-1) and answer mask (with the graph).
+
+    A float64 model's log-probs stay float64 (precision matters for the first-order check).
+    """
+    return answer_logprobs(forward(model, batch).logits, batch["labels"])
 
 
 def answer_nll(model: torch.nn.Module, batch: Batch, *, what: str = "batch") -> torch.Tensor:
@@ -73,13 +58,8 @@ def answer_nll(model: torch.nn.Module, batch: Batch, *, what: str = "batch") -> 
     Raises:
         ValueError: a key is missing or a sample has no answer token (naming ``what``).
     """
-    _check_batch(batch, what)
-    logp, mask = sequence_logprobs(model, batch)
-    lengths = mask.sum(-1)
-    empty = (lengths == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"{what}: batch row(s) {empty} have no answer token (labels all -100 after the shift)")
-    return (-(logp.sum(-1)) / lengths.to(logp.dtype)).mean()
+    logp, mask, lengths = model_logprobs(what, model, batch, who=what, keep_float64=True)
+    return (-per_sample_mean(logp, mask, lengths)).mean()
 
 
 def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor], what: str) -> list[torch.Tensor]:
@@ -248,20 +228,11 @@ def _group_sum(values: list[float], keys: list[str], order: list[str]) -> dict[s
 def _weights_for(
     label: str, obj: Objective, model: torch.nn.Module, batch: Batch, reference: Any
 ) -> ImplicitWeights | None:
-    name = _objective_name(obj)
-    if name not in SUPPORTED:
+    """The objective's own implicit weights on its batch (None if it has none, e.g. kl, rmu, a plain callable)."""
+    if not isinstance(obj, Objective) or (obj.needs_reference and reference is None):
         return None
-    with torch.no_grad():
-        logp, mask = sequence_logprobs(model, batch)
-        ref_logp = None
-        if reference is not None:
-            ref_logp, _ = reference.token_logprobs(batch)
-        elif name in ("npo", "tnpo", "wtnpo"):
-            return None
-    opts = obj.options.model_dump() if hasattr(obj, "options") else {}
-    w = implicit_weights(name, logp, mask, ref_logp, opts)
-    w.objective = label
-    return w
+    w = obj.implicit_weights(model, batch, reference)
+    return None if w is None else ImplicitWeights.from_grad_weights(label, w)
 
 
 def compute_geffects(
@@ -290,16 +261,17 @@ def compute_geffects(
         groups: precomputed :func:`param_groups` (computed if None).
         ema: a :class:`GradEMA` to smooth all gradients across calls (the paper's 0.6 / 0.4).
         per_sample: also compute each forget sample's effects (2 extra backward passes per sample and objective).
-        weights: also compute each supported objective's implicit per-token / per-sample weights (forward only).
+        weights: also report each objective's own implicit per-token / per-sample weights
+            (:meth:`~mollm.objectives.base.Objective.implicit_weights`; one forward pass, no gradient).
         step: stored in the results.
 
     Returns:
         One :class:`GEffect` per objective, in the given order.
     """
     objs = _resolve_objectives(objectives)
-    _check_batch(forget_batch, "forget_batch")
+    check_batch("forget_batch", forget_batch, who="forget_batch")
     if retain_batch is not None:
-        _check_batch(retain_batch, "retain_batch")
+        check_batch("retain_batch", retain_batch, who="retain_batch")
     device = model_device(model)
     forget_batch = to_device(forget_batch, device)
     retain_batch = to_device(retain_batch, device) if retain_batch is not None else None

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mollm.objectives._common import model_logprobs, per_sample_mean
-from mollm.objectives.base import Batch, Objective
+from mollm.objectives._common import model_logprobs, per_sample_mean, token_level_weights
+from mollm.objectives.base import Batch, GradWeights, Objective
 from mollm.objectives.registry import register
 
 if TYPE_CHECKING:
@@ -26,3 +26,9 @@ class GA(Objective):
     def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         logp, mask, lengths = model_logprobs(self.name, model, batch)
         return per_sample_mean(logp, mask, lengths).mean()
+
+    def weights_from_logprobs(
+        self, logp: torch.Tensor, mask: torch.Tensor, ref_logp: torch.Tensor | None = None
+    ) -> GradWeights:
+        """``w = 1`` for every answer token: GA is the unit of the implicit weights."""
+        return token_level_weights(self.name, torch.ones_like(logp), logp, mask)

@@ -19,8 +19,8 @@ import torch
 from pydantic import Field, field_validator
 
 from mollm.objectives import base
-from mollm.objectives._common import model_logprobs, per_sample_mean
-from mollm.objectives.base import Batch, Objective
+from mollm.objectives._common import model_logprobs, per_sample_mean, token_level_weights
+from mollm.objectives.base import Batch, GradWeights, Objective
 from mollm.objectives.registry import register
 
 if TYPE_CHECKING:  # objectives must not import mollm.data at run time (mollm.data imports objectives.base)
@@ -60,6 +60,13 @@ class NLL(Objective):
     def loss(self, model: torch.nn.Module, batch: Batch, reference: Reference | None = None) -> torch.Tensor:
         logp, mask, lengths = model_logprobs(self.name, model, batch)
         return -per_sample_mean(logp, mask, lengths).mean()
+
+    def weights_from_logprobs(
+        self, logp: torch.Tensor, mask: torch.Tensor, ref_logp: torch.Tensor | None = None
+    ) -> GradWeights:
+        """``w = -1`` for every answer token (descent, the opposite of GA), on whatever batch the loss is given;
+        for ``idk`` / ``mismatch`` that is the transformed batch (refusals, random answers), not the forget answer."""
+        return token_level_weights(self.name, -torch.ones_like(logp), logp, mask)
 
     def prepare_records(
         self,

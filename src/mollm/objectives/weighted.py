@@ -2,7 +2,8 @@
 
 Each loss is ``-mean_t w_t CE_t = mean_t w_t log p_t`` per sample (averaged over the batch) with a detached per-token
 weight ``w_t`` that fades as the token becomes improbable, so ascent slows down on tokens already forgotten.
-:meth:`token_weights` exposes the weights (e.g. for the G-effect toolkit).
+:meth:`token_weights` is the formula; :meth:`weights_from_logprobs` hands the same weights to the G-effect toolkit
+(the loss's gradient is exactly the weighted GA gradient, since ``w_t`` is detached).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 from pydantic import Field
 
 from mollm.objectives import base
-from mollm.objectives._common import model_logprobs, per_sample_mean
-from mollm.objectives.base import Batch, Objective
+from mollm.objectives._common import model_logprobs, per_sample_mean, reference_logprobs, token_level_weights
+from mollm.objectives.base import Batch, GradWeights, Objective
 from mollm.objectives.registry import register
 
 if TYPE_CHECKING:
@@ -34,6 +35,13 @@ class _TokenWeighted(Objective):
         ref_logp = reference.token_logprobs(batch)[0].detach() if self.needs_reference else None
         w = self.token_weights(logp.detach(), ref_logp)
         return per_sample_mean(w * logp, mask, lengths).mean()
+
+    def weights_from_logprobs(
+        self, logp: torch.Tensor, mask: torch.Tensor, ref_logp: torch.Tensor | None = None
+    ) -> GradWeights:
+        """The loss's own :meth:`token_weights`: ``grad (w lp) = w grad lp`` with ``w`` detached."""
+        ref = reference_logprobs(self.name, ref_logp, logp) if self.needs_reference else None
+        return token_level_weights(self.name, self.token_weights(logp.detach(), ref), logp, mask)
 
 
 class WGAOptions(base.Options):
