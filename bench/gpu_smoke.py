@@ -291,7 +291,7 @@ def run_tree(case: Case, args: argparse.Namespace, sizes: Sizes, out_dir: Path) 
         "aggregator": {"name": "ds_mgda"},
         "optimizer": {"name": "adamw", "lr": 1e-4},
         "steps": args.steps,
-        "evaluation": {"before": False, "after": True, "max_items": 4, "accuracy": True, "max_new_tokens": 8},
+        "evaluation": {"before": False, "after": True, "max_new_tokens": 8, "suites": {k: {"data": k, "limit": 4, "metrics": ["nll", "accuracy"]} for k in ("forget", "retain")}},
     }
     tree.update(case.config)
     return tree
@@ -325,7 +325,7 @@ def _step_values(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _eval_values(evaluations: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The numbers of a run's evaluations (``forget_nll``, ``retain_accuracy``, ...)."""
+    """The numbers of a run's evaluations (``forget/nll``, ``retain/accuracy``, ...)."""
     return {
         f"eval_{tag}/{k}": v
         for tag, result in evaluations.items()
@@ -532,7 +532,7 @@ def eval_cli_case(case: Case, env: Env) -> Outcome:
         "max_new_tokens": 8,
         "batch_size": 4,
         "cache": False,
-        "out": str(folder / "out"),
+        "output_dir": str(folder / "out"),
         "suites": suites,
     }
     (folder / "eval.yaml").write_text(yaml.safe_dump(cfg))

@@ -101,7 +101,7 @@ def test_unlearn_with_overrides_then_generate_and_eval(tmp_path, tiny_dir):
                 "model": str(run_dir),
                 "reference": str(tiny_dir),
                 "max_new_tokens": 3,
-                "out": str(tmp_path / "eval"),
+                "output_dir": str(tmp_path / "eval"),
                 "suites": {"forget": {"data": "facts:forget#n_people=5", "limit": 3, "metrics": ["probability", "kl"]}},
             }
         )

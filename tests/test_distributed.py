@@ -43,7 +43,7 @@ def _tree(out: Path, name: str, batch: int) -> dict:
         "optimizer": {"name": "adamw", "lr": 1e-3},
         "steps": 4,
         "checkpoint_every": 2,
-        "evaluation": {"every": 2, "max_items": 2, "accuracy": False},
+        "evaluation": {"every": 2, "suites": {"retain": {"data": "retain", "limit": 2, "metrics": ["nll", "probability"]}}},
     }
 
 

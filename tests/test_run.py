@@ -30,7 +30,7 @@ def _config(tmp_path, **over):
         "aggregator": {"name": "ds_mgda"},
         "optimizer": {"name": "adamw", "lr": 1e-3},
         "steps": 4,
-        "evaluation": {"max_items": 4, "max_new_tokens": 4},
+        "evaluation": {"max_new_tokens": 4},
     }
     tree.update(over)
     return load_config(tree)
@@ -58,8 +58,8 @@ def test_run_writes_everything(tmp_path, tokenizer):
     assert all(set(x) >= {"grad_norms", "cosines", "coefficients", "Gc", "conflict"} for x in lines)
     assert lines[0]["grad_norms"]["kl"] == pytest.approx(0.0, abs=1e-6)  # model == reference at step 1
     before, after = (json.loads((d / "eval" / f"{t}.json").read_text()) for t in ("before", "after"))
-    assert after["forget_nll"] > before["forget_nll"]  # the forget answers became less likely...
-    assert after["retain_nll"] < before["retain_nll"]  # ...while the retain answers became more likely
+    assert after["forget/nll"] > before["forget/nll"]  # the forget answers became less likely...
+    assert after["retain/nll"] < before["retain/nll"]  # ...while the retain answers became more likely
     assert not any(x["conflict"] for x in lines)  # ds_mgda: every objective decreases to first order
     assert any((d / "tensorboard").rglob("events.out.tfevents*"))
     assert (d / "model" / "config.json").is_file() and (d / "model" / "model.safetensors").is_file()
@@ -133,11 +133,11 @@ def test_real_data_run_tofu(tmp_path, tokenizer, shared_data):
         max_length=96,
         steps=2,
         aggregator={"name": "mgda"},
-        evaluation={"max_items": 2, "accuracy": False},
+        evaluation={"suites": {k: {"data": k, "limit": 2, "metrics": ["nll"]} for k in data}},
     )
     result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
     assert result.status == "completed"
-    assert {"forget_nll", "retain_nll"} <= set(result.evaluations["after"])
+    assert {"forget/nll", "retain/nll"} <= set(result.evaluations["after"])
 
 
 def test_nan_guard_skips_then_stops(tmp_path, tokenizer, monkeypatch):
@@ -158,9 +158,9 @@ def test_nan_guard_skips_then_stops(tmp_path, tokenizer, monkeypatch):
 
 def test_evaluation_suites_before_and_after(tmp_path, tokenizer):
     suites = {"forget": {"data": f"facts:forget#{FACTS}", "limit": 2, "metrics": ["probability", "kl"]}}
-    config = _config(tmp_path, steps=2, evaluation={"max_items": 2, "accuracy": False, "suites": suites})
+    config = _config(tmp_path, steps=2, evaluation={"suites": suites})
     result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
-    before, after = result.evaluations["before"]["suites"], result.evaluations["after"]["suites"]
+    before, after = result.evaluations["before"], result.evaluations["after"]
     assert before["forget/kl"] == pytest.approx(0.0, abs=1e-6)  # unchanged model: no divergence yet
     assert after["forget/kl"] > 0
     assert (result.run_dir / "eval" / "suites_after" / "results.json").is_file()
@@ -170,11 +170,11 @@ def test_stop_on_target(tmp_path, tokenizer):
     config = _config(
         tmp_path,
         steps=20,
-        evaluation={"every": 2, "max_items": 2, "accuracy": False},
-        stop={"metric": "forget_nll", "above": 0.0},
+        evaluation={"every": 2, "suites": {"forget": {"data": "forget", "limit": 2, "metrics": ["nll"]}}},
+        stop={"metric": "forget/nll", "above": 0.0},
     )
     result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
-    assert result.steps == 2 and "forget_nll" in result.status
+    assert result.steps == 2 and "forget/nll" in result.status
 
 
 @pytest.mark.parametrize(
@@ -248,17 +248,17 @@ def test_report_of_a_run_with_step_evaluations_and_geffects(tmp_path, tokenizer)
     config = _config(
         tmp_path,
         steps=4,
-        evaluation={"every": 2, "max_items": 2, "accuracy": False, "suites": suites},
+        evaluation={"every": 2, "suites": suites},
         geffect={"every": 2, "objectives": ["ga"], "batch_size": 2},
     )
     result = run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
     step_2 = json.loads((result.run_dir / "eval" / "step_2.json").read_text())
-    assert "forget/probability" in step_2["suites"]  # suites run at every evaluation point, not only before/after
+    assert "forget/probability" in step_2  # suites run at every evaluation point, not only before/after
     html = write_report(result.run_dir).read_text()
     assert "Evaluation over steps" in html and "G-effects over steps" in html
     plots = result.run_dir / "report" / "plots"
     assert (plots / "geffect.png").stat().st_size > 1000
-    assert (plots / "eval_nll.png").stat().st_size > 1000
+    assert (plots / "eval_probability.png").stat().st_size > 1000
     assert html.count("data:image/png;base64,") >= 7  # 5 training plots + evaluation + G-effect, all inlined
 
 

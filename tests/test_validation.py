@@ -228,7 +228,7 @@ def test_eval_checks_suites_and_model_before_loading_or_writing(tmp_path, base, 
         yaml.safe_dump(
             {
                 "model": str(tmp_path / "missing_model"),
-                "out": str(tmp_path / "eval_out"),
+                "output_dir": str(tmp_path / "eval_out"),
                 "suites": {
                     "a": {"data": str(_bad_jsonl(tmp_path)), "metrics": ["nll"]},
                     "b": {"data": f"facts:forget#{FACTS}", "metrics": [{"name": "mia", "holdout": "nope"}]},

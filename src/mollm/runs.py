@@ -35,6 +35,11 @@ class FullHooks(RunHooks):
 
         return run_problems(config)
 
+    def needs_reference(self, config: RunConfig) -> bool:
+        from mollm.evaluation.in_run import needs_reference
+
+        return needs_reference(config)
+
     def evaluate(
         self,
         setup: RunSetup,

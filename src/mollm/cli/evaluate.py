@@ -12,7 +12,7 @@ import typer
 def eval_cmd(
     config: Annotated[Path, typer.Argument(help="YAML evaluation config (see configs/eval_*.yaml).")],
     model: Annotated[Optional[str], typer.Option(help="Model to evaluate (overrides the config's `model`).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (overrides the config's `out`).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (overrides the config's `output_dir`).")] = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", "-s", help="Override a key, e.g. suites.forget.limit=8.")
     ] = None,
@@ -27,7 +27,7 @@ def eval_cmd(
     if model:
         overrides.append(f"model={model}")
     if out:
-        overrides.append(f"out={out}")
+        overrides.append(f"output_dir={out}")
     try:
         cfg = load_eval_config(config, overrides)
         results = evaluate(

@@ -77,7 +77,7 @@ class ScheduleConfig(_Strict):
 
 
 class StopConfig(_Strict):
-    """Stop early once an evaluated metric crosses a threshold, e.g. ``forget_nll`` above 8."""
+    """Stop early once an evaluated metric crosses a threshold, e.g. ``forget/nll`` above 8."""
 
     metric: str
     above: float | None = None
@@ -91,27 +91,30 @@ class StopConfig(_Strict):
 
 
 class SuiteConfig(_Strict):
-    """One data set and the metrics computed on it (names, or ``{name: ..., option: value}`` dicts)."""
+    """One data set and the metrics computed on it (names, or ``{name: ..., option: value}`` dicts). In a run config
+    ``data`` may also name a key of the run's ``data``."""
 
     data: str
     limit: int | None = Field(None, gt=0)
     metrics: list[str | dict[str, Any]] = Field(default_factory=list)
 
 
-class EvaluationConfig(_Strict):
-    """Evaluation during a run: answer NLL/accuracy on each data set, before, every N steps and after.
+#: What a run evaluates when its config names no suites: every data set, its first items, these metrics.
+DEFAULT_RUN_METRICS = ("nll", "probability", "accuracy")
+DEFAULT_RUN_LIMIT = 32
 
-    ``suites`` adds the full metric suites of :mod:`mollm.evaluation` (TOFU, harmful rate, fluency, KL, ...) at the
-    same points (before, every N steps, after).
-    """
+
+class EvaluationConfig(_Strict):
+    """Evaluation during a run, before, every N steps and after: the metric suites of :mod:`mollm.evaluation` (the
+    same ``suites`` a ``mollm eval`` config has). Without ``suites``, every data set of the run is evaluated on its
+    first 32 items with ``nll``, ``probability`` and ``accuracy``. Results are flat keys ``SUITE/METRIC`` (and
+    ``SUITE/METRIC.AGGREGATE``), e.g. ``forget/nll``."""
 
     every: int = Field(0, ge=0)  # 0 = only before and after
-    datasets: list[str] | None = None  # keys of `data` to evaluate; default all
     before: bool = True
     after: bool = True
-    max_items: int = Field(32, gt=0)  # items per data set, to keep evaluation cheap
-    accuracy: bool = True  # greedy generation contains the answer
-    max_new_tokens: int = Field(24, gt=0)
+    max_new_tokens: int = Field(64, gt=0)  # greedy generation length (as in `mollm eval`)
+    batch_size: int = Field(8, gt=0)
     suites: dict[str, SuiteConfig] | None = None
 
 
@@ -189,9 +192,6 @@ class RunConfig(_Strict):
         labels = [o.label for o in self.objectives]
         if len(set(labels)) != len(labels):
             raise ValueError(f"objectives: labels must be unique, got {labels} (set 'name' to tell them apart)")
-        for name in self.evaluation.datasets or []:
-            if name not in self.data:
-                raise ValueError(f"evaluation.datasets: '{name}' is not a key of 'data' ({sorted(self.data)})")
         for i, o in enumerate(self.objectives):
             if o.data not in self.data:
                 raise ValueError(f"objectives.{i}.data: '{o.data}' is not a key of 'data' ({sorted(self.data)})")
@@ -210,6 +210,14 @@ class RunConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
+
+    def evaluation_suites(self) -> dict[str, dict[str, Any]]:
+        """The suites the run evaluates (the configured ones, or the default per data set), as plain dicts."""
+        if self.evaluation.suites is not None:
+            return {name: s.model_dump(exclude_none=True) for name, s in self.evaluation.suites.items()}
+        return {
+            key: {"data": key, "limit": DEFAULT_RUN_LIMIT, "metrics": list(DEFAULT_RUN_METRICS)} for key in self.data
+        }
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -242,7 +250,8 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
-def _format_validation_error(err: ValidationError, where: str) -> str:
+def format_validation_error(err: ValidationError, where: str) -> str:
+    """A pydantic error as one line per bad key, under a header naming the file."""
     lines = [f"{where}: invalid configuration"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -258,7 +267,7 @@ def config_from_dict(tree: dict[str, Any], where: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, where)) from None
+        raise ConfigError(format_validation_error(err, where)) from None
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

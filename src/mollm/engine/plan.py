@@ -50,6 +50,10 @@ class RunHooks:
         """Problems with the parts of ``config`` these hooks own (checked before anything is touched)."""
         return []
 
+    def needs_reference(self, config: RunConfig) -> bool:
+        """Whether the evaluation uses the reference (original) model, which must then be kept."""
+        return False
+
     def evaluate(
         self,
         setup: RunSetup,

@@ -241,7 +241,7 @@ def _train(
     setup = RunSetup(config, plan, run_dir, strategy.device)
     total = _total_steps(config, [len(s.examples) for s in plan.samplers], world)
 
-    needs_reference = plan.needs_reference or bool(config.evaluation.suites)
+    needs_reference = plan.needs_reference or hooks.needs_reference(config)
     model, reference = strategy.prepare(model, needs_reference=needs_reference)  # placed, or sharded
     params = trainable_parameters(model)  # after sharding: FSDP2 replaces them with DTensor shards
     optimizer = _optimizer(params, config)

@@ -7,18 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mollm.engine.config import (
-    ConfigError,
-    FormatConfig,
-    SuiteConfig,
-    _format_validation_error,
-    apply_overrides,
-    read_yaml_mapping,
-)
+from mollm.core.errors import ConfigError
+from mollm.engine.config import FormatConfig, SuiteConfig, apply_overrides, format_validation_error, read_yaml_mapping
 
 
 class EvalConfig(BaseModel):
-    """Everything ``mollm eval`` needs."""
+    """Everything ``mollm eval`` needs. Names and defaults are those of a run config (``model``, ``format``,
+    ``max_length``, ``output_dir``, and ``max_new_tokens``, ``batch_size``, ``suites`` as in its ``evaluation``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,12 +24,12 @@ class EvalConfig(BaseModel):
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(8, gt=0)
     cache: bool = True
-    out: str = "eval/{model_name}"
+    output_dir: str = "eval/{model_name}"
     suites: dict[str, SuiteConfig]
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out.format(model_name=Path(self.model).name or "model"))
+        return Path(self.output_dir.format(model_name=Path(self.model).name or "model"))
 
     def suites_dict(self) -> dict[str, dict[str, Any]]:
         return {name: s.model_dump(exclude_none=True) for name, s in self.suites.items()}
@@ -46,4 +41,4 @@ def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> Ev
     try:
         return EvalConfig.model_validate(apply_overrides(tree, overrides or []))
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, str(path))) from None
+        raise ConfigError(format_validation_error(err, str(path))) from None

@@ -207,18 +207,32 @@ def _spec_problem(spec: Any) -> str | None:
     return model_spec_problem(spec)
 
 
-def check_suites(suites: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def plan_metrics(suites: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """``{suite: {result name: metric name}}``: what evaluating ``suites`` produces (``fluency`` added beside a
+    harmful rate); suites whose metric list is malformed are left out (see :func:`check_suites`)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, suite in suites.items():
+        try:
+            out[name] = {str(opts.get("as", metric)): metric for metric, opts in _metric_entries(name, suite)}
+        except ValueError:
+            continue
+    return out
+
+
+def check_suites(suites: Mapping[str, Mapping[str, Any]], *, run_data: set[str] | None = None) -> list[str]:
     """Every problem with ``suites`` — data that cannot be read, unknown metrics, bad options, a ``mia`` holdout that
-    is not a suite, a judge that does not exist — found without loading any model. Empty when all is well."""
+    is not a suite, a judge that does not exist — found without loading any model. Empty when all is well.
+    ``run_data``: names of a run's data sets, which a suite's ``data`` may name instead of a spec."""
     from mollm.evaluation.judge import judge_kind
     from mollm.evaluation.registry import METRICS
 
     problems: list[str] = []
     for name, suite in suites.items():
-        try:
-            _load_data(name, suite)
-        except ValueError as err:
-            problems.append(str(err))
+        if not (run_data and isinstance(suite.get("data"), str) and suite["data"] in run_data):
+            try:
+                _load_data(name, suite)
+            except ValueError as err:
+                problems.append(str(err))
         try:
             entries = _metric_entries(name, suite)
         except ValueError as err:

@@ -1,80 +1,50 @@
-"""The evaluation a run does before, every N steps and after: answer NLL, probability, perplexity and accuracy on
-its data sets, plus the metric suites its config names (``evaluation.suites``, the same suites ``mollm eval`` runs).
+"""The evaluation a run does before, every N steps and after: its ``evaluation`` suites — the same suites, metrics
+and options a ``mollm eval`` config has — where a suite's ``data`` may name one of the run's data sets.
 
-Kept small on purpose, since it runs inside training; the engine calls it through :class:`mollm.runs` hooks.
+The engine calls it through the hooks :mod:`mollm.runs` plugs in. Results are flat, ``SUITE/METRIC`` for each
+metric's headline value and ``SUITE/METRIC.AGGREGATE`` for its other aggregates (``forget/nll``,
+``forget/nll.perplexity``, ``harmful/fluency.entropy_3``); the details go to the evaluation's own folder.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
-from mollm.data.encode import PromptFormat
-from mollm.data.records import QARecord
 from mollm.engine.config import RunConfig
-from mollm.evaluation import scoring
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
-
     from mollm.engine.plan import RunSetup
     from mollm.models.reference import Reference
 
-SAMPLES_KEPT = 5  # generations kept per data set in each evaluation file, to read what the model says
-
-
-def _contains(response: str, answer: str) -> bool:
-    return answer.strip().lower().rstrip(".") in response.lower()
-
-
-def evaluate_answers(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    datasets: Mapping[str, Sequence[QARecord]],
-    *,
-    fmt: PromptFormat,
-    max_length: int,
-    accuracy: bool = True,
-    max_new_tokens: int = 64,
-    progress: bool = False,
-    desc: str = "evaluate",
-) -> dict[str, Any]:
-    """Evaluate each named data set; keys look like ``forget_nll``, ``forget_prob``, ``forget_acc``, ``forget_ppl``."""
-    from mollm.evaluation.generation import generate
-
-    result: dict[str, Any] = {}
-    for name, records in tqdm(datasets.items(), desc=desc, disable=not progress, unit="set"):
-        nll = scoring.answer_nll(model, tokenizer, records, fmt=fmt, max_length=max_length, progress=False).tolist()
-        mean_nll = sum(nll) / len(nll)
-        result[f"{name}_nll"] = mean_nll
-        result[f"{name}_prob"] = sum(math.exp(-x) for x in nll) / len(nll)
-        result[f"{name}_ppl"] = math.exp(min(mean_nll, 50.0))
-        if accuracy:
-            responses = generate(
-                model, tokenizer, [r.question for r in records], fmt=fmt, max_new_tokens=max_new_tokens, progress=False
-            )
-            hits = [_contains(resp, r.answer) for resp, r in zip(responses, records)]
-            result[f"{name}_acc"] = sum(hits) / len(hits)
-            result.setdefault("samples", {})[name] = [
-                {"question": r.question, "answer": r.answer, "response": resp}
-                for r, resp in list(zip(records, responses))[:SAMPLES_KEPT]
-            ]
-    return result
-
 
 def run_problems(config: RunConfig) -> list[str]:
-    """Problems with a run's ``evaluation.suites`` (metric names and options, data, judges), before anything runs."""
-    from mollm.evaluation.evaluate import check_suites
+    """Problems with a run's evaluation (metric names and options, data, judges, the ``stop`` metric), found
+    before anything runs."""
+    from mollm.evaluation.evaluate import check_suites, plan_metrics
 
-    if not config.evaluation.suites:
-        return []
-    suites = {name: s.model_dump(exclude_none=True) for name, s in config.evaluation.suites.items()}
-    return [f"evaluation.suites.{p}" for p in check_suites(suites)]
+    suites = config.evaluation_suites()
+    problems = [f"evaluation.suites.{p}" for p in check_suites(suites, run_data=set(config.data))]
+    if config.stop is not None and not problems:
+        produced = {f"{suite}/{key}" for suite, keys in plan_metrics(suites).items() for key in keys}
+        suite_metric = config.stop.metric.split(".")[0]
+        if suite_metric not in produced:
+            problems.append(
+                f"stop.metric: '{config.stop.metric}' is not evaluated; the run evaluates {', '.join(sorted(produced))}"
+            )
+    return problems
+
+
+def needs_reference(config: RunConfig) -> bool:
+    """Whether a run's evaluation uses the reference (original) model (``kl``, ``fluency``)."""
+    from mollm.evaluation.evaluate import plan_metrics
+    from mollm.evaluation.registry import get_metric
+
+    plans = plan_metrics(config.evaluation_suites())
+    return any(get_metric(name).needs_reference for metrics in plans.values() for name in metrics.values())
 
 
 def evaluate_run(
@@ -85,57 +55,40 @@ def evaluate_run(
     out_dir: Path,
     progress: bool,
 ) -> dict[str, Any]:
-    """One in-run evaluation: answers on the run's data sets, then the configured suites (headline values only;
-    their details go to ``out_dir``)."""
-    config, plan = setup.config, setup.plan
-    ev = config.evaluation
-    keys = ev.datasets or list(plan.data)
-    result = evaluate_answers(
-        model,
-        plan.tokenizer,
-        {key: plan.data[key][: ev.max_items] for key in keys},
-        fmt=plan.fmt,
-        max_length=config.max_length,
-        accuracy=ev.accuracy,
-        max_new_tokens=ev.max_new_tokens,
-        progress=progress,
-        desc=f"evaluate ({tag})",
-    )
-    if ev.suites:
-        result["suites"] = _suites(config, model, plan.tokenizer, reference, plan.fmt, out_dir, progress)
-    return result
-
-
-def _suites(
-    config: RunConfig,
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    reference: Reference | None,
-    fmt: PromptFormat,
-    out_dir: Path,
-    progress: bool,
-) -> dict[str, Any]:
+    """One in-run evaluation at ``tag``; details in ``out_dir``, flat headline numbers returned."""
     from mollm.evaluation.evaluate import evaluate
 
-    suites = {name: s.model_dump(exclude_none=True) for name, s in config.evaluation.suites.items()}
+    config, plan = setup.config, setup.plan
+    suites = {}
+    for name, suite in config.evaluation_suites().items():
+        data = suite["data"]
+        suites[name] = {**suite, "data": plan.data[data] if data in plan.data else data}  # a run data set by name
     results = evaluate(
         model,
         suites,
         out_dir,
         cache=False,
-        tokenizer=tokenizer,
+        tokenizer=plan.tokenizer,
         reference=reference,
-        fmt=fmt,
+        fmt=plan.fmt,
+        batch_size=config.evaluation.batch_size,
         max_length=config.max_length,
         max_new_tokens=config.evaluation.max_new_tokens,
         progress=progress,
     )
     model.train()
-    flat = {
-        f"{suite}/{metric}": r["aggregate"].get("value")
-        for suite, metrics in results["suites"].items()
-        for metric, r in metrics.items()
-    }
+    return flatten(results)
+
+
+def flatten(results: dict[str, Any]) -> dict[str, float | None]:
+    """``SUITE/METRIC`` → headline value and ``SUITE/METRIC.AGGREGATE`` → the other aggregates of an
+    :func:`~mollm.evaluation.evaluate.evaluate` result (plus ``model_utility`` when TOFU's was computed)."""
+    flat: dict[str, float | None] = {}
+    for suite, metrics in results["suites"].items():
+        for metric, r in metrics.items():
+            for key, value in r["aggregate"].items():
+                number = None if value is None or not math.isfinite(float(value)) else float(value)
+                flat[f"{suite}/{metric}" if key == "value" else f"{suite}/{metric}.{key}"] = number
     if "model_utility" in results:
         flat["model_utility"] = results["model_utility"]["value"]
     return flat

@@ -312,6 +312,18 @@ def _kl(ctx: EvalContext, data: list[QARecord]) -> MetricResult:
     )
 
 
+def _contains(generation: str, answer: str) -> bool:
+    return answer.strip().lower().rstrip(".") in generation.lower()
+
+
+@register("accuracy", uses_generation=True)
+def _accuracy(ctx: EvalContext, data: list[QARecord]) -> MetricResult:
+    """1 where the greedy generation contains the answer (case-insensitive, final period ignored); aggregate mean."""
+    gens = ctx.generations(data)
+    hits = [float(_contains(g, r.answer)) for g, r in zip(gens, data)]
+    return MetricResult("accuracy", hits, {"value": _mean(hits)}, {"generation": list(gens)})
+
+
 @register("rouge_l", uses_generation=True)
 def _rouge_l(ctx: EvalContext, data: list[QARecord]) -> MetricResult:
     """ROUGE-L recall of the greedy generation against the answer per item; aggregate mean."""
