@@ -32,6 +32,33 @@ def jacobians(draw, min_m=2, max_m=5, full_rank=False, max_scale_exp=8):
     return torch.tensor(j * 10.0**exp, dtype=torch.float64)
 
 
+@st.composite
+def guarded_jacobians(draw, full_rank=False):
+    """A J from :func:`jacobians` whose rows after the first are kept, or shrunk to 10^-7 .. 1 of the largest norm
+    (across ds_mgda's ``vanish_tol`` 1e-4 and floor 1e-2, with those values and 1/230 drawn often), and unless
+    ``full_rank`` possibly turned against the sum of the other rows or against one of them (in their span, so the
+    rank can only drop). Row 0 is scaled to the largest norm, so the drawn ratios are exact."""
+    j = draw(jacobians(full_rank=full_rank))
+    norms = j.norm(dim=1)
+    top = float(norms.max())
+    j[0] *= top / float(norms[0])
+    kinds = ["keep", "shrink"] if full_rank else ["keep", "shrink", "oppose_all", "oppose_one"]
+    ratio_exp = st.one_of(st.floats(-7.0, 0.0), st.sampled_from([-4.0, -2.0, -math.log10(230.0)]))
+    for i in range(1, j.shape[0]):
+        kind = draw(st.sampled_from(kinds))
+        if kind == "keep":
+            continue
+        if kind == "shrink":
+            row = j[i].clone()
+        elif kind == "oppose_all":
+            row = j[i] - j.sum(dim=0)
+        else:
+            row = -j[draw(st.sampled_from([k for k in range(j.shape[0]) if k != i]))]
+        if float(row.norm()) > 0.0:
+            j[i] = row * (10.0 ** draw(ratio_exp) * top / float(row.norm()))
+    return j
+
+
 def gram(j: torch.Tensor) -> torch.Tensor:
     return j @ j.T
 
@@ -44,6 +71,24 @@ def well_conditioned(j: torch.Tensor, ratio: float = 1e-2) -> bool:
 def nonconflict_tol(g: torch.Tensor, c: torch.Tensor, rtol: float = 1e-7) -> float:
     # |(Gc)_i| <= trace(G) * sum|c|: rounding is relative to that.
     return rtol * float(torch.trace(g)) * float(c.abs().sum()) + 1e-300
+
+
+def ds_mgda_tol(j: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    # Per objective: rounding of (Gc)_i = Σ_k <g_i, g_k> c_k is relative to ‖g_i‖ Σ_k |c_k| ‖g_k‖, so a tiny gradient
+    # gets a tiny tolerance; the absolute term covers the mgda solver's ridge (1e-12 of trace(G)).
+    norms = j.norm(dim=1)
+    return 1e-9 * norms * float((c.abs() * norms).sum()) + 1e-10 * float(norms.square().sum() * c.abs().sum())
+
+
+def ds_mgda_sets(j: torch.Tensor, vanish_tol: float = 1e-4, max_ratio: float | None = 100.0):
+    """Masks (active, floored, ambiguous) by ds_mgda's definitions; ambiguous rows sit within 1e-6 of a threshold,
+    where rounding decides."""
+    r = j.norm(dim=1) / j.norm(dim=1).max()
+    active = r > vanish_tol * (1 + 1e-6)
+    floor = 0.0 if max_ratio is None else 1.0 / max_ratio
+    floored = active & (r < floor * (1 - 1e-6))
+    ambiguous = ((r - vanish_tol).abs() <= 1e-6 * vanish_tol) | ((r - floor).abs() <= 1e-6 * floor)
+    return active, floored, ambiguous & (r > 0)
 
 
 def cos_with_d(j: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -145,16 +190,38 @@ def test_nonconflicting_aggregators_have_gc_nonnegative(j):
         assert (g @ c >= -nonconflict_tol(g, c)).all(), (name, g @ c)
 
 
+DS_MGDA_OPTIONS = [{}, {"vanish_tol": 0.0}, {"max_ratio": None}, {"max_ratio": 10.0}, {"norm": "max"}, {"norm": "none"}]
+
+
 @PROPS
-@given(jacobians())
-def test_ds_mgda_default_guard_only_relaxes_floored_objectives(j):
+@given(guarded_jacobians(), st.sampled_from(DS_MGDA_OPTIONS))
+def test_ds_mgda_guarantee_for_active_objectives(j, opts):
+    # The documented guarantee: (G c)_i >= 0 for every objective above vanish_tol, floored or not.
     g = gram(j)
-    c = get("ds_mgda")(g)
-    norms = j.norm(dim=1)
-    guarded = norms >= norms.max() / 100.0
-    # Objectives above the floor still never conflict; a floored one can lose at most its (small) own norm × ‖d‖.
-    assert ((g @ c)[guarded] >= -nonconflict_tol(g, c)).all()
-    assert (g @ c >= -norms / norms.max() * nonconflict_tol(g, c, 1.0)).all()
+    c = get("ds_mgda", **opts)(g)
+    assert torch.isfinite(c).all()
+    max_ratio = opts.get("max_ratio", 100.0)
+    active, _, ambiguous = ds_mgda_sets(j, opts.get("vanish_tol", 1e-4), max_ratio)
+    gc = g @ c
+    checked = active & ~ambiguous
+    assert (gc[checked] >= -ds_mgda_tol(j, c)[checked]).all(), (gc, j.norm(dim=1))
+    # Coefficients stay O(max_ratio) (what the floor is for) wherever the gradients' directions are well conditioned.
+    jn = j[active] / j[active].norm(dim=1, keepdim=True)
+    posed = int(active.sum()) <= j.shape[1] and well_conditioned(jn, 0.1)
+    if max_ratio is not None and opts.get("norm") != "none" and posed:
+        assert float(c.abs().max()) <= 10.0 * max_ratio
+
+
+@PROPS
+@given(guarded_jacobians(full_rank=True), st.sampled_from(DS_MGDA_OPTIONS))
+def test_ds_mgda_strict_when_independent_and_none_floored(j, opts):
+    # ... and > 0 for all of them when the active gradients are linearly independent and none is floored.
+    active, floored, ambiguous = ds_mgda_sets(j, opts.get("vanish_tol", 1e-4), opts.get("max_ratio", 100.0))
+    jn = j[active] / j[active].norm(dim=1, keepdim=True)
+    if floored.any() or ambiguous.any() or int(active.sum()) > j.shape[1] or not well_conditioned(jn):
+        return
+    c = get("ds_mgda", **opts)(gram(j))
+    assert (cos_with_d(j, c)[active] > 1e-9).all()
 
 
 @PROPS
@@ -441,7 +508,7 @@ def test_ds_mgda_vanishing_gradient_does_not_explode():
     j = torch.tensor(rng.standard_normal((3, 10)))
     for eps in (1e-3, 1e-6, 1e-9):
         jj = j.clone()
-        jj[2] *= eps
+        jj[2] *= -eps  # this sign: the floored dual direction does not make g_3 worse (the other: the next test)
         g = gram(jj)
         unguarded = get("ds_mgda", vanish_tol=0.0, max_ratio=None)(g)
         if eps <= 1e-3:
@@ -456,6 +523,56 @@ def test_ds_mgda_vanishing_gradient_does_not_explode():
             assert c[2] == 0.0  # below vanish_tol: excluded from the dual solve
         # A floored objective's share of the direction fades with its gradient.
         assert float(soft[2].abs() * jj[2].norm()) <= 1e3 * eps * float(jj.T.matmul(soft).norm())
+
+
+def test_ds_mgda_spares_a_floored_opposite_gradient():
+    # Issue #11: 5 collinear gradients, the last 230× smaller than the largest and opposite to the rest: above
+    # vanish_tol, below the max_ratio floor. The floored dual direction had cosine −1 with it.
+    u = torch.tensor(np.random.default_rng(0).standard_normal(16))
+    j = torch.tensor([1.0, 0.8, 0.5, 0.3, -1.0 / 230.0], dtype=torch.float64)[:, None] * u
+    g = gram(j)
+    for opts in ({}, {"norm": "max"}, {"norm": "none"}, {"vanish_tol": 0.0}, {"max_ratio": 10.0}):
+        c = get("ds_mgda", **opts)(g)
+        assert (g @ c >= -nonconflict_tol(g, c)).all(), (opts, g @ c)
+        assert (g @ c >= -ds_mgda_tol(j, c)).all(), (opts, g @ c)
+        # 0 is in the gradients' convex hull (Pareto-stationary): the only direction sparing all five is 0.
+        assert (j.T @ c).norm() <= 1e-9 * float(j.norm(dim=1).max()), opts
+        assert c.abs().max() <= 100.0
+
+
+def test_ds_mgda_floored_conflicting_gradient_is_projected_not_sacrificed():
+    # g_3 is floored (1e-3 of the largest norm) and the floored dual direction would make it worse.
+    rng = np.random.default_rng(3)
+    j = torch.tensor(rng.standard_normal((3, 10)))
+    previous = None
+    for eps in np.geomspace(3e-3, 1.2e-4, 25):
+        jj = j.clone()
+        jj[2] *= eps * float(j[0].norm() / j[2].norm())  # row 0 has the largest norm
+        g = gram(jj)
+        c = get("ds_mgda")(g)
+        gc = g @ c
+        assert gc[2] >= -ds_mgda_tol(jj, c)[2], (eps, gc)  # not made worse...
+        assert (gc[:2] > 0.1 * float(g[:2].diagonal().min())).all(), (eps, gc)  # ...and the others still descend
+        assert c.abs().max() <= 100.0
+        d = jj.T @ c
+        assert d.norm() > 0.5 * float(jj.norm(dim=1).mean())  # a real step, not a collapse to mgda's
+        if previous is not None:  # continuous in G: neighbouring eps (13% apart) give neighbouring directions
+            assert (d - previous).norm() <= 0.05 * float(jj[0].norm())
+        previous = d
+    # The same g_3 in the orientation the floored dual direction already spares: that direction is kept. In parameter
+    # space: lift g_3 to the floor by an extra orthogonal coordinate, sum the unit edges of the lifted dual cone.
+    jj = j.clone()
+    jj[2] *= -1e-3
+    c = get("ds_mgda")(gram(jj))
+    assert (gram(jj) @ c > 0).all()
+    norms = jj.norm(dim=1)
+    floor = float(norms.max()) / 100.0
+    lift = torch.where(norms < floor, (floor**2 - norms.square()).clamp_min(0.0).sqrt(), 0.0)
+    j_eff = torch.cat([jj, torch.diag(lift)], dim=1)
+    edges = torch.linalg.pinv(j_eff)
+    c_ref = torch.linalg.pinv(j_eff.T) @ (edges / edges.norm(dim=0)).sum(dim=1)
+    c_ref = c_ref * norms.mean() / (jj.T @ c_ref).norm()
+    assert torch.allclose(c, c_ref, rtol=1e-6)
 
 
 def test_ds_mgda_preference_and_norm_options():

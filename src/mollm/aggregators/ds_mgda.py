@@ -1,4 +1,4 @@
-"""``ds_mgda``: MOLLM's dual-space MGDA — a strictly common descent direction built from the edges of the dual cone.
+"""``ds_mgda``: MOLLM's dual-space MGDA — a common descent direction built from the edges of the dual cone.
 
 **This derivation is the project's own reading of the MOLLM paper** (its full text was not available); see
 ``shared/notes/aggregators.md``. The cone of common descent directions {d : Jd ≥ 0}, restricted to span(g_1..g_m),
@@ -11,29 +11,47 @@ lies strictly inside the cone: ⟨g_i, d⟩ = α_i / sqrt((G⁺)_ii) > 0 for eve
 and d is rescaled to a reference length (option ``norm``; default the mean gradient norm), since the edge sum's
 length is arbitrary.
 
+**Guarantee.** Call an objective *active* when its gradient norm is above ``vanish_tol`` × the largest norm, and
+*floored* when it is active but below the largest norm / ``max_ratio``. Then ⟨g_i, d⟩ = (G c)_i ≥ 0 for every active
+objective, and > 0 for every one of them when the active gradients are linearly independent and none is floored.
+Objectives below ``vanish_tol`` get coefficient 0 and no guarantee (their first-order change is negligible).
+
 Numerics and guards (the dual solve blows up where G is singular, which happens in practice):
 
 * ``vanish_tol``: an objective whose gradient norm is below ``vanish_tol`` × the largest norm is left out of the dual
   solve and gets coefficient 0 — at step 0 the KL-to-reference gradient is exactly zero, and a saturated loss (UCE
-  near 0) has a vanishing, noisy gradient whose dual coefficient would otherwise grow without bound. Non-conflict is
-  then guaranteed for the remaining objectives only (the excluded ones change by a negligible first-order amount).
+  near 0) has a vanishing, noisy gradient whose dual coefficient would otherwise grow without bound.
 * the pseudo-inverse is taken by eigen-decomposition of the cosine matrix D⁻¹GD⁻¹ (D = diag of gradient norms) with
   relative tolerance ``rcond``, so rank is decided by collinearity, not by the gradients' scales; G⁺ ≈ D⁻¹C⁺D⁻¹.
 * ``max_ratio``: even above ``vanish_tol``, a small gradient g_j forces every other edge to cancel its component
   along g_j, with coefficients growing like 1/‖g_j‖ (a prototype saw 13 → 12,700 as UCE saturated). In the dual
   solve each norm is therefore floored at max_k ‖g_k‖ / max_ratio by giving g_j a fictitious extra component,
   orthogonal to everything, of length sqrt(floor² − ‖g_j‖²) (G_eff = G + diag(s²)). This bounds the coefficients at
-  about ``max_ratio`` times the largest gradient's, keeps ⟨g_i, d⟩ = a_i > 0 exactly for every objective that is
-  not floored, and lets a floored objective's influence fade smoothly as its gradient vanishes (its own first-order
-  change is at most ‖g_j‖‖d‖, small by construction, and not guaranteed ≥ 0). ``None`` disables the floor.
-* if the result is not a strictly common descent direction (rank-deficient G whose range misses the positive
-  orthant, e.g. exactly opposite gradients), fall back to the ``mgda`` min-norm direction (still Gc ≥ 0), returned
-  at its own length (it shrinks to 0 at Pareto-stationary points, where enlarging it would amplify noise).
+  about ``max_ratio`` times the largest gradient's, keeps ⟨g_i, d⟩ = a_i > 0 exactly in the dual direction for
+  every objective that is not floored, and lets a floored objective's influence fade smoothly as its gradient
+  vanishes (a floored objective that would get worse is handled below). ``None`` disables the floor.
+* if the dual direction is not a strictly common descent direction for the objectives that are not floored
+  (rank-deficient G whose range misses the positive orthant, e.g. exactly opposite gradients), fall back to the
+  ``mgda`` min-norm direction on the active set (still Gc ≥ 0), returned at its own length (it shrinks to 0 at
+  Pareto-stationary points, where enlarging it would amplify noise).
+* the fictitious component is dropped when d is formed, so a floored objective's real change is
+  ⟨g_j, d⟩ = a_j − s_j² c_j, which can be negative (5 collinear gradients, one 230× smaller than the largest and
+  opposite to the rest, gave cosine −1). When some floored objective would get worse, c moves to the nearest point,
+  in the metric of G_eff (the length of the lifted direction), at which no active objective gets worse:
+  min (c − c_dual)ᵀ G_eff (c − c_dual) s.t. (G c)_i ≥ 0 for every active i, solved exactly by enumerating which
+  constraints bind (for more than 8 objectives: the ``mgda`` direction on the active set instead). c = 0 is feasible, so the move is
+  at most the lifted length of the dual direction itself and c stays bounded; it grows continuously from 0 as the
+  conflict appears. (G c)_i changes by Σ_j λ_j ⟨g_j, g_i⟩ / ‖g_j‖ over the binding constraints j (multipliers
+  λ_j ≥ 0; exact when G_eff has full rank), so an objective that is not floored keeps improving unless a binding
+  gradient conflicts with it, and is at worst left at 0. The price is step length where the guarantee bites: with
+  coefficients bounded by K, a step that spares a conflicting g_j can be long only if other gradients can cancel
+  g_j's share (for m = 2, ‖d‖ ≲ K‖g_j‖ / |cos(g_1, g_j)|).
 * an all-zero G gives c = 0.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Literal
 
@@ -44,6 +62,9 @@ from mollm.aggregators._qp import min_norm_simplex
 from mollm.aggregators.base import Aggregator, AggregatorOptions, register
 
 _DESCENT_COS = 1e-8  # min cos(g_i, d) for the dual direction to count as strictly common descent
+_ENUM_MAX = 8  # most objectives for which the projection that spares floored objectives is enumerated
+_QP_RCOND = 1e-12  # relative cut-off of the pseudo-inverses in that projection
+_FEAS_RTOL = 1e-12  # a projected (G c)_i counts as ≥ 0 above -_FEAS_RTOL ‖g_i‖ Σ_k |c_k| ‖g_k‖ (rounding)
 
 
 class DSMGDAOptions(AggregatorOptions):
@@ -116,8 +137,43 @@ class DSMGDA(Aggregator):
         if not d_norm > 0.0 or float((descent[strict] / (na[strict] * d_norm)).min()) <= _DESCENT_COS:
             c[active] = min_norm_simplex(ga)
             return c
-        c[active] = ca
         if opts.norm == "none":
-            return c / math.sqrt(trace)  # undo the trace normalisation: raw c = G⁺a has units 1/‖g‖
-        ref = float(norms.mean()) if opts.norm == "mean" else float(norms.max())
-        return c * (ref / d_norm)
+            scale = 1.0 / math.sqrt(trace)  # undo the trace normalisation: raw c = G⁺a has units 1/‖g‖
+        else:
+            ref = float(norms.mean()) if opts.norm == "mean" else float(norms.max())
+            scale = ref / d_norm
+        c[active] = _spare_floored(ga, g_pinv, ca * scale, floored)
+        return c
+
+
+def _spare_floored(ga: np.ndarray, h_pinv: np.ndarray, cd: np.ndarray, floored: np.ndarray) -> np.ndarray:
+    """``cd`` if no floored objective gets worse, else the nearest point to it, in the metric of H = G_eff, at which
+    no active objective gets worse (see the module docstring).
+
+    ``ga`` is the active, trace-normalised G and ``h_pinv`` the pseudo-inverse of the floored G_eff. The QP
+    min ½ (c - cd)ᵀH(c - cd) s.t. ⟨ĝ_i, d⟩ ≥ 0 is solved by enumerating which constraints bind: for each set S,
+    c_S = cd + H⁺R_Sᵀλ_S is the nearest point with ⟨ĝ_i, d⟩ = 0 on S, and the nearest feasible c_S is the optimum.
+    q = R H⁺Rᵀ is singular whenever the active gradients are linearly dependent: a pseudo-inverse per S stays
+    exact there, where a ridged solve left violations up to cos −1e-4. c = 0 (S = all) is feasible, so the move is
+    at most ‖cd‖_H and c stays bounded.
+    """
+    if not (floored & (ga @ cd < 0.0)).any():
+        return cd
+    m = ga.shape[0]
+    if m > _ENUM_MAX:
+        return min_norm_simplex(ga)  # 2^m binding sets: not worth it where ds_mgda is used (m = 2..5)
+    norms = np.sqrt(np.diag(ga))
+    rows = ga / norms[:, None]  # unit-gradient rows: (rows @ c)_i = ⟨ĝ_i, d⟩, every constraint on the same scale
+    hr = h_pinv @ rows.T
+    q, b = rows @ hr, rows @ cd
+    best, best_dist = None, math.inf
+    for k in range(1, m + 1):
+        for sub in itertools.combinations(range(m), k):
+            s = list(sub)
+            lam = -np.linalg.pinv(q[np.ix_(s, s)], rcond=_QP_RCOND, hermitian=True) @ b[s]
+            c = cd + hr[:, s] @ lam
+            dist = float(lam @ q[np.ix_(s, s)] @ lam)  # = ‖c - cd‖²_H
+            # Feasible up to the rounding of (G c)_i = Σ_k G_ik c_k.
+            if dist < best_dist and (ga @ c >= -_FEAS_RTOL * norms * float(np.abs(c) @ norms)).all():
+                best, best_dist = c, dist
+    return best if best is not None else min_norm_simplex(ga)
