@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.stats import ks_2samp
 
 from mollm.data.encode import PromptFormat, encode_batch
 from mollm.data.readers import read_tofu
@@ -173,7 +174,8 @@ def _suites(forget, holdout):
                 "rouge_l",
                 "extraction_strength",
                 {"name": "truth_ratio", "kind": "forget"},
-                {"name": "forget_quality", "reference": str(log)},
+                # A Phi-1.5 log for a tiny Llama: meaningless, forced here to test the plumbing.
+                {"name": "forget_quality", "reference": str(log), "allow_other_base": True},
                 {"name": "mia", "holdout": "holdout"},
                 "fluency",
                 "kl",
@@ -196,7 +198,8 @@ def test_evaluate_writes_results_and_caches(model, other, tok, forget, holdout, 
 
     monkeypatch.setattr(scoring, "generate_answers", counting)
     suites = _suites(forget, holdout)
-    out = evaluate(model, suites, tmp_path, tokenizer=tok, reference=other, max_new_tokens=8, progress=False)
+    with pytest.warns(UserWarning, match="'microsoft/phi-1_5'.*allow_other_base is true"):
+        out = evaluate(model, suites, tmp_path, tokenizer=tok, reference=other, max_new_tokens=8, progress=False)
     assert calls["generate"] == 1  # rouge_l and fluency share one set of generations
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == out
@@ -274,6 +277,153 @@ def test_evaluate_input_errors(model, tok, forget, tmp_path):
         )
     with pytest.raises(ValueError, match="tokenizer"):
         evaluate(model, {"f": {"data": forget, "metrics": ["nll"]}}, tmp_path)
+
+
+# --- references from the same base model -------------------------------------------------------------------------
+
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _run_dir(folder: Path, weights, tok, base: str) -> Path:
+    """A run directory as `mollm finetune` / `unlearn` leaves it: model/ (these weights) and config.yaml (its base)."""
+    weights.save_pretrained(folder / "model")
+    tok.save_pretrained(folder / "model")
+    (folder / "config.yaml").write_text(f"name: {folder.name}\nmodel: {json.dumps(base)}\n")
+    return folder
+
+
+def _fq(reference, **options):
+    return {"name": "forget_quality", "reference": str(reference), **options}
+
+
+@pytest.fixture
+def tofu_runs(model, other, tok, tmp_path):
+    """A target run of the embedded model, a retain run of it, an unlearned run of the target (the tiny models
+    stand in for the weights; the base model comes from config.yaml)."""
+    target = _run_dir(tmp_path / "runs" / "target", model, tok, "embedded")
+    retain = _run_dir(tmp_path / "runs" / "retain", model, tok, "embedded")
+    unlearned = _run_dir(tmp_path / "runs" / "unlearned", other, tok, str(target))
+    return retain, unlearned
+
+
+def test_results_record_the_base_model(model, tok, forget, tofu_runs, tmp_path):
+    retain, unlearned = tofu_runs
+    suites = {"forget": {"data": forget, "metrics": [{"name": "truth_ratio", "kind": "forget"}]}}
+    for spec in (retain, unlearned):  # a run of the embedded model, and a run of that run
+        out = evaluate(str(spec), suites, tmp_path / "eval" / spec.name, progress=False)
+        assert out["base_model"] == SMOL
+        assert json.loads((tmp_path / "eval" / spec.name / "results.json").read_text())["base_model"] == SMOL
+    out = evaluate(model, suites, tmp_path / "eval" / "mem", tokenizer=tok, progress=False)
+    assert out["base_model"] == f"LlamaForCausalLM(hidden_size=64, num_hidden_layers=2, vocab_size={len(tok)})"
+
+
+def test_forget_quality_against_a_retain_model_of_the_same_base(forget, tofu_runs, tmp_path):
+    """The two-command flow of configs/eval_tofu.yaml: evaluate the retain model with the config whose reference is
+    its own results file, then any model of the same base against that file."""
+    retain, unlearned = tofu_runs
+    ref_file = tmp_path / "eval" / "retain" / "results.json"
+    metrics = [{"name": "truth_ratio", "kind": "forget"}, _fq(ref_file, reference_suite="forget")]
+    suites = {"forget": {"data": forget, "metrics": metrics}, "other": {"data": forget[:2], "metrics": ["nll"]}}
+    first = evaluate(str(retain), suites, ref_file.parent, progress=False)["suites"]["forget"]
+    assert first["forget_quality"]["aggregate"]["value"] == pytest.approx(1.0)  # the retain model against itself
+    assert "this is the retain model" in first["forget_quality"]["note"]
+
+    got = evaluate(str(unlearned), suites, tmp_path / "eval" / "unlearned", progress=False)["suites"]["forget"]
+    tr, ref = got["truth_ratio"]["per_item"], first["truth_ratio"]["per_item"]
+    assert tr != ref  # other weights
+    fq = got["forget_quality"]["aggregate"]
+    assert fq["value"] == pytest.approx(ks_2samp(tr, ref).pvalue) and fq["n_reference"] == len(forget)
+
+
+def test_forget_quality_refuses_another_base_unless_forced(forget, tofu_runs, model, tok, tmp_path, monkeypatch):
+    retain, unlearned = tofu_runs
+    ref_file = tmp_path / "eval" / "retain" / "results.json"
+    evaluate(str(retain), {"forget": {"data": forget, "metrics": ["truth_ratio"]}}, ref_file.parent, progress=False)
+    log = TOFU / "reference_logs" / "phi_retain99_wd0.01_eval_log_forget.json"
+    out = tmp_path / "eval" / "unlearned"
+
+    # The issue's case: a SmolLM2 descendant against the TOFU authors' Phi-1.5 log.
+    with pytest.raises(
+        ValueError, match=rf"'microsoft/phi-1_5' \(inferred from TOFU's eval log format.*descends from '{SMOL}'"
+    ):
+        evaluate(str(unlearned), {"forget": {"data": forget, "metrics": [_fq(log)]}}, out, progress=False)
+    with pytest.warns(UserWarning, match="allow_other_base is true"):
+        forced = evaluate(
+            str(unlearned),
+            {"forget": {"data": forget, "metrics": [_fq(log, allow_other_base=True)]}},
+            out,
+            progress=False,
+        )
+    assert forced["suites"]["forget"]["forget_quality"]["aggregate"]["n_reference"] == 40
+    assert forced["suites"]["forget"]["forget_quality"]["options"]["allow_other_base"] is True  # on the record
+
+    # A model of another base (Phi-1.5 named in its run's config.yaml) against the SmolLM2 retain model's results.
+    phi_run = _run_dir(tmp_path / "runs" / "phi", model, tok, "microsoft/phi-1_5")
+    suites = {"forget": {"data": forget, "metrics": [_fq(ref_file)]}}
+    with pytest.raises(ValueError, match=rf"comes from base model '{SMOL}' \(recorded in .*'microsoft/phi-1_5'"):
+        evaluate(str(phi_run), suites, tmp_path / "eval" / "phi", progress=False)
+
+    # The check is not skipped by the cache: the same weights, once the run's base changes, are refused (and the
+    # refusal comes before any model is loaded).
+    evaluate(str(unlearned), suites, out, progress=False)
+    (unlearned / "config.yaml").write_text("model: microsoft/phi-1_5\n")
+    from mollm.models import loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    with pytest.raises(ValueError, match="'microsoft/phi-1_5'"):
+        evaluate(str(unlearned), suites, out, progress=False)
+
+
+def test_forget_quality_reference_without_a_base_needs_one_stated(forget, model, tok, tofu_runs, tmp_path):
+    retain, unlearned = tofu_runs
+    ref_file = tmp_path / "eval" / "retain" / "results.json"
+    evaluate(str(retain), {"forget": {"data": forget, "metrics": ["truth_ratio"]}}, ref_file.parent, progress=False)
+    old = json.loads(ref_file.read_text())
+    del old["base_model"]  # as written before mollm recorded it
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "list.json").write_text(json.dumps(old["suites"]["forget"]["truth_ratio"]["per_item"]))
+    for name in ("old.json", "list.json"):
+        suites = {"forget": {"data": forget, "metrics": [_fq(tmp_path / name)]}}
+        with pytest.raises(ValueError, match=rf"{name} has no known base model .*'{SMOL}'; .* reference_base:"):
+            evaluate(str(unlearned), suites, tmp_path / "eval" / name, progress=False)
+        for stated in ("embedded", SMOL, str(retain)):  # a name, or the retain model's run
+            suites = {"forget": {"data": forget, "metrics": [_fq(tmp_path / name, reference_base=stated)]}}
+            got = evaluate(str(unlearned), suites, tmp_path / "eval" / name, progress=False)
+            assert 0 <= got["suites"]["forget"]["forget_quality"]["aggregate"]["value"] <= 1
+    # Called directly, with an in-memory model: the base is the model's own (its architecture and size here).
+    ctx = EvalContext(model, tok, progress=False)
+    with pytest.raises(ValueError, match="no known base model"):
+        compute_metric("forget_quality", ctx, forget, reference=[0.5, 1.0, 2.0])
+    with pytest.raises(ValueError, match=f"comes from base model '{SMOL}'"):
+        compute_metric("forget_quality", ctx, forget, reference=[0.5, 1.0, 2.0], reference_base="embedded")
+    from mollm.models.loading import base_model_identity
+
+    got = compute_metric("forget_quality", ctx, forget, reference=[0.5, 1.0], reference_base=base_model_identity(model))
+    assert got.aggregate["n_reference"] == 2
+
+
+def test_mia_privleak_reference_from_the_same_base(forget, holdout, tofu_runs, tmp_path):
+    retain, unlearned = tofu_runs
+    ref_file = tmp_path / "eval" / "retain" / "results.json"
+    mia = {"name": "mia", "holdout": "holdout", "retain_auc": str(ref_file)}
+    suites = {"forget": {"data": forget, "metrics": [mia]}, "holdout": {"data": holdout, "metrics": []}}
+    first = evaluate(str(retain), suites, ref_file.parent, progress=False)["suites"]["forget"]["mia"]  # own results
+    assert "this is the retain model" in first["note"] and not any(k.startswith("privleak") for k in first["aggregate"])
+    ref_auc = first["aggregate"]
+
+    def run(**options):
+        s = {**suites, "forget": {"data": forget, "metrics": [{**mia, **options}]}}
+        return evaluate(str(unlearned), s, tmp_path / "eval" / "u", progress=False)["suites"]["forget"]["mia"]
+
+    got = run()["aggregate"]
+    assert got["privleak_min_k"] == pytest.approx(stats.privleak(got["auc_min_k"], ref_auc["auc_min_k"]))
+    with pytest.raises(ValueError, match="computed with k=0.4, this one with k=0.2"):
+        run(k=0.2)
+    with pytest.raises(ValueError, match="metric 'mia': the reference retain_auc=0.6 has no known base model"):
+        run(retain_auc=0.6)
+    assert "privleak_loss" in run(retain_auc=0.6, reference_base="embedded")["aggregate"]
+    with pytest.raises(ValueError, match=rf"metric 'mia'.*'microsoft/phi-1_5'.*descends from '{SMOL}'"):
+        run(retain_auc={"loss": 0.6}, reference_base="microsoft/phi-1_5")
 
 
 @pytest.mark.slow

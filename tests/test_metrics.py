@@ -12,7 +12,16 @@ import pytest
 from scipy.stats import ks_2samp
 
 from mollm.evaluation import stats, text
-from mollm.evaluation.reference_logs import ReferenceLogError, load_reference_truth_ratios, read_tofu_log
+from mollm.evaluation.reference_logs import (
+    ReferenceBaseError,
+    ReferenceLogError,
+    ReferenceValues,
+    check_reference_base,
+    load_reference_truth_ratios,
+    read_reference_mia_auc,
+    read_reference_truth_ratios,
+    read_tofu_log,
+)
 from mollm.evaluation.training import training_metrics
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -184,6 +193,74 @@ def test_reference_sources_and_errors(tmp_path):
         read_tofu_log(bad)
     with pytest.raises(ReferenceLogError, match="not found"):
         load_reference_truth_ratios(tmp_path / "missing.json")
+
+
+SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_reference_bases_recorded_inferred_or_unknown(tmp_path):
+    for path in sorted(LOGS.glob("phi_*_eval_log_forget.json")):  # TOFU logs record no base: Phi-1.5's
+        ref = read_reference_truth_ratios(path)
+        assert (ref.base, ref.recorded) == ("microsoft/phi-1_5", False), path
+    llama = tmp_path / "ft_epoch5_lr1e-05_llama2-7b_retain99_wd0.01" / "eval_log_forget.json"
+    llama.parent.mkdir()
+    llama.write_text((LOGS / "phi_retain99_wd0_eval_log_forget.json").read_text())
+    assert read_reference_truth_ratios(llama).base is None  # TOFU's Llama logs: base unknown
+
+    results = {"base_model": SMOL, "suites": {"forget": {"fq": {"name": "forget_quality", "per_item": [0.5, 2.0]}}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    ref = read_reference_truth_ratios(tmp_path / "results.json")  # found by the entry's name under an 'as' key
+    assert (ref.values, ref.base, ref.recorded) == ([0.5, 2.0], SMOL, True)
+    del results["base_model"]
+    (tmp_path / "old.json").write_text(json.dumps(results))
+    assert read_reference_truth_ratios(tmp_path / "old.json").base is None
+    assert read_reference_truth_ratios([0.5, 1.0]).base is None
+
+    mia = {
+        "base_model": SMOL,
+        "suites": {
+            "f": {
+                "mia": {
+                    "aggregate": {"value": 0.6, "auc_loss": 0.7, "auc_min_k": 0.6},
+                    "options": {"holdout": "h", "k": 0.2},
+                }
+            }
+        },
+    }
+    (tmp_path / "mia.json").write_text(json.dumps(mia))
+    ref = read_reference_mia_auc(tmp_path / "mia.json")
+    assert (ref.values, ref.base, ref.options["k"]) == ({"loss": 0.7, "min_k": 0.6}, SMOL, 0.2)
+    assert read_reference_mia_auc(0.5).base is None and read_reference_mia_auc({"loss": 0.5}).values == {"loss": 0.5}
+    with pytest.raises(ReferenceLogError, match="no suite has a 'mia' result"):
+        read_reference_mia_auc(tmp_path / "results.json")
+
+
+def test_check_reference_base_refuses_other_and_unknown_bases_unless_stated_or_forced():
+    tofu = read_reference_truth_ratios(LOGS / "phi_retain99_wd0.01_eval_log_forget.json")
+    with pytest.raises(ReferenceBaseError) as err:
+        check_reference_base("forget_quality", SMOL, tofu)
+    msg = str(err.value)
+    assert "'microsoft/phi-1_5'" in msg and f"'{SMOL}'" in msg and "allow_other_base: true" in msg
+    assert "phi_retain99_wd0.01_eval_log_forget.json" in msg and "TOFU's eval log format" in msg
+    assert check_reference_base("forget_quality", "microsoft/phi-1_5", tofu) == "microsoft/phi-1_5"
+    assert check_reference_base("forget_quality", "Microsoft/Phi-1_5", tofu) == "microsoft/phi-1_5"  # case
+    with pytest.warns(UserWarning, match="allow_other_base is true"):
+        assert check_reference_base("forget_quality", SMOL, tofu, allow_other_base=True) == "microsoft/phi-1_5"
+    # Stating the base replaces the TOFU inference ("embedded" resolves to SmolLM2's id).
+    assert check_reference_base("forget_quality", SMOL, tofu, reference_base="embedded") == SMOL
+
+    numbers = read_reference_truth_ratios([0.5, 1.0])
+    with pytest.raises(ReferenceBaseError, match=r"has no known base model .*reference_base: .*allow_other_base"):
+        check_reference_base("forget_quality", SMOL, numbers)
+    assert check_reference_base("forget_quality", SMOL, numbers, reference_base=SMOL) == SMOL
+    with pytest.raises(ReferenceBaseError, match="'microsoft/phi-1_5'.*descends from 'HuggingFaceTB"):
+        check_reference_base("forget_quality", SMOL, numbers, reference_base="microsoft/phi-1_5")
+    with pytest.warns(UserWarning, match="no known base model"):
+        assert check_reference_base("mia", SMOL, numbers, allow_other_base=True) is None
+
+    recorded = ReferenceValues([1.0], SMOL, "recorded in r.json", "r.json", recorded=True)
+    with pytest.raises(ReferenceBaseError, match="contradicts the base model 'HuggingFaceTB"):
+        check_reference_base("forget_quality", SMOL, recorded, reference_base="microsoft/phi-1_5")
 
 
 # --- training metrics ----------------------------------------------------------------------------------------------

@@ -362,3 +362,63 @@ def test_adapter_of_an_unnamed_base_warns_it_cannot_be_reloaded(tmp_path):
     with pytest.warns(UserWarning, match="merge_lora=True"):
         save_model(model, tiny_tokenizer(VOCAB), tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Base-model identity
+
+
+def _run(folder: Path, model_spec: str, *, with_model: torch.nn.Module | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"name: x\nmodel: {json.dumps(model_spec)}\n")
+    if with_model is not None:
+        save_model(with_model, tiny_tokenizer(VOCAB), folder / "model")
+    return folder
+
+
+def test_base_model_identity_follows_runs_checkpoints_adapters_and_folders(saved, tmp_path, monkeypatch):
+    from mollm.models.loading import EMBEDDED_BASE, base_model_identity
+
+    smol = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert EMBEDDED_BASE == smol
+    for spec in (None, "embedded", "SmolLM2", "/elsewhere/SmolLM2-135M-Instruct.Q4_1.gguf"):
+        assert base_model_identity(spec) == smol, spec
+    assert base_model_identity("microsoft/phi-1_5") == "microsoft/phi-1_5"  # a hub id is its own base
+
+    model, folder = saved  # a plain HF folder: no name recorded (transformers 5 drops _name_or_path) -> shape
+    arch = f"LlamaForCausalLM(hidden_size=64, num_hidden_layers=2, vocab_size={VOCAB})"
+    assert base_model_identity(folder) == arch
+    assert base_model_identity(model) == arch  # in memory, unnamed: the same architecture and size
+    assert base_model_identity(load_model(folder)[0]) == arch  # loaded: what it was loaded from
+
+    # A run of a run of the embedded model; its model/ folder and a checkpoint resolve to the same base.
+    target = _run(tmp_path / "runs" / "target", "embedded", with_model=model)
+    unlearned = _run(tmp_path / "runs" / "unlearned", str(target), with_model=model)
+    step = unlearned / "checkpoints" / "step_2"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(b"")
+    for spec in (target, unlearned, unlearned / "model", step, str(step)):
+        assert base_model_identity(spec) == smol, spec
+    assert base_model_identity(load_model(unlearned)[0]) == smol  # loaded from RUN/model
+    # A relative model path in config.yaml is found from the working directory, or from beside the run folder.
+    relative = _run(tmp_path / "runs" / "relative", "runs/target", with_model=model)
+    monkeypatch.chdir(tmp_path)
+    assert base_model_identity("runs/relative") == smol
+    monkeypatch.chdir(folder)
+    assert base_model_identity(relative) == smol
+    # Another base model, even though the weights are the same tiny model.
+    assert base_model_identity(_run(tmp_path / "phi_run", "microsoft/phi-1_5", with_model=model)) == "microsoft/phi-1_5"
+
+    # A LoRA adapter: its base_model_name_or_path; a folder recording _name_or_path / the embedded GGUF's name.
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(target)}))
+    assert base_model_identity(adapter) == smol
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "config.json").write_text(json.dumps({"_name_or_path": "microsoft/phi-1_5", "model_type": "phi"}))
+    assert base_model_identity(named) == "microsoft/phi-1_5"
+    (named / "config.json").write_text(json.dumps({"_model_name_or_path": "Smollm2 135M 8k Lc100K Mix1 Ep2"}))
+    assert base_model_identity(named) == smol
+    (named / "config.json").write_text(json.dumps({"_name_or_path": str(named)}))  # names itself: no loop
+    assert base_model_identity(named) == str(named)

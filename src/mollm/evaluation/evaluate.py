@@ -16,6 +16,15 @@ Suites::
 options; the ``mia`` option ``holdout`` names another suite. Cache key: model identity (path + size/mtime of its
 weight files, hub id, or a hash of the in-memory weights) + metric + options + data hash + settings (+ the
 reference model's identity for metrics that use it).
+
+The results record the evaluated model's base model (``base_model``, see
+:func:`mollm.models.loading.base_model_identity`), so that a results file used as a retain-model reference
+(``forget_quality``'s ``reference``, ``mia``'s ``retain_auc``) says which pretrained model it comes from; such a
+reference from another base model is refused before anything is computed (and whether or not results are cached). A
+``forget_quality`` whose ``reference`` is this evaluation's own results file means the evaluated model is the retain
+model: its reference is then its own truth ratios (forget quality 1 by construction), which is how one config both
+writes the retain model's reference and evaluates other models against it (likewise ``mia`` with ``retain_auc`` the
+own results: no privleak, which would be 0 by construction).
 """
 
 from __future__ import annotations
@@ -282,8 +291,9 @@ def evaluate(
     ``model_id`` overrides the model's cache identity (e.g. ``"run-x/step-40"`` during training). With
     ``cache=False`` nothing is read from or written to ``out_dir/cache``.
 
-    Result layout: ``{"model": identity, "settings": {...}, "suites": {suite: {metric: {"aggregate", "per_item",
-    "columns", "options", "cached"}}}}``.
+    Result layout: ``{"model": identity, "base_model": base, "settings": {...}, "suites": {suite: {metric:
+    {"aggregate", "per_item", "columns", "options", "cached"}}}}``; ``base`` is
+    :func:`mollm.models.loading.base_model_identity` of ``model``.
     """
     out_dir = Path(out_dir)
     problems = check_suites(suites)
@@ -305,6 +315,12 @@ def evaluate(
     else:
         model_key = model_identity(model, model_id=model_id)
     ref_key: str | None = None
+    base_model = _base_model(model)
+    own_results = (out_dir / RESULTS_FILE).resolve()
+    if base_model is not None:
+        for entries in plan.values():
+            for metric_name, options in entries:
+                _check_reference_base_early(metric_name, options, base_model, own_results)
 
     def ref_identity() -> str:
         nonlocal ref_key
@@ -341,7 +357,7 @@ def evaluate(
         generation_store=store,
     )
 
-    results: dict[str, Any] = {"model": model_key, "settings": settings, "suites": {}}
+    results: dict[str, Any] = {"model": model_key, "base_model": base_model, "settings": settings, "suites": {}}
     for suite_name, entries in plan.items():
         suite_out: dict[str, Any] = {}
         for metric_name, options in entries:
@@ -359,6 +375,20 @@ def evaluate(
                             f"suite (suites: {sorted(data)})"
                         )
                     resolved["holdout"] = data[holdout]
+            note = None
+            if metric_name == "forget_quality" and _is_file(resolved.get("reference"), own_results):
+                # This evaluation writes the reference: the model is the retain model, compared with itself.
+                if resolved.get("reference_suite") not in (None, suite_name):
+                    raise ValueError(
+                        f"suite {suite_name!r}: forget_quality's reference is this evaluation's own results, so its "
+                        f"reference_suite must be this suite, not {resolved['reference_suite']!r}"
+                    )
+                resolved["reference"] = _own_truth_ratios(suite_out, ctx, data[suite_name])
+                resolved.setdefault("reference_base", base_model)
+                note = f"the reference is this evaluation's own results ({own_results}): this is the retain model"
+            elif metric_name == "mia" and _is_file(resolved.get("retain_auc"), own_results):
+                resolved.pop("retain_auc")  # the retain model itself: privleak against itself is 0, not computed
+                note = f"retain_auc is this evaluation's own results ({own_results}): this is the retain model"
             key_obj = [
                 CACHE_VERSION,
                 model_key,
@@ -377,6 +407,8 @@ def evaluate(
                 if cache:
                     write_json_atomic(entry_path, result.to_json())
             suite_out[out_key] = {**result.to_json(), "options": _canonical(options, data), "cached": was_cached}
+            if note is not None:
+                suite_out[out_key]["note"] = note
         results["suites"][suite_name] = suite_out
     try:  # TOFU model utility whenever the three utility suites were evaluated with their metrics
         results["model_utility"] = tofu_model_utility(results)
@@ -384,6 +416,48 @@ def evaluate(
         pass
     write_json_atomic(out_dir / RESULTS_FILE, results)
     return _json_safe(results)
+
+
+def _base_model(model: Any) -> str | None:
+    """The base model of a spec or loaded model (None for a module without a config, which no rule can name)."""
+    from mollm.models.loading import base_model_identity
+
+    try:
+        return base_model_identity(model)
+    except TypeError:
+        return None
+
+
+def _check_reference_base_early(metric: str, options: Mapping[str, Any], base_model: str, own_results: Path) -> None:
+    """Refuse a logged reference from another base model before any model is loaded or any result is taken from the
+    cache (the metric checks again against the loaded model when it runs)."""
+    from mollm.evaluation.reference_logs import (
+        check_reference_base,
+        read_reference_mia_auc,
+        read_reference_truth_ratios,
+    )
+
+    if options.get("allow_other_base"):
+        return  # forced: the metric warns when it runs
+    if metric == "forget_quality" and "reference" in options and not _is_file(options["reference"], own_results):
+        ref = read_reference_truth_ratios(options["reference"], suite=options.get("reference_suite"))
+    elif metric == "mia" and options.get("retain_auc") is not None and not _is_file(options["retain_auc"], own_results):
+        ref = read_reference_mia_auc(options["retain_auc"], suite=options.get("retain_suite"))
+    else:
+        return
+    check_reference_base(metric, base_model, ref, reference_base=options.get("reference_base"))
+
+
+def _is_file(value: Any, target: Path) -> bool:
+    return isinstance(value, (str, os.PathLike)) and Path(value).expanduser().resolve() == target
+
+
+def _own_truth_ratios(suite_out: Mapping[str, Any], ctx: EvalContext, records: list[QARecord]) -> list[float]:
+    """This model's per-item truth ratios on ``records``: a ``truth_ratio`` result of the suite, else computed."""
+    for entry in suite_out.values():
+        if entry.get("name") == "truth_ratio":
+            return [float(v) for v in entry["per_item"]]
+    return compute_metric("truth_ratio", ctx, records).per_item
 
 
 def tofu_model_utility(

@@ -248,11 +248,34 @@ def _truth_ratio(ctx: EvalContext, data: list[QARecord], *, kind: str = "forget"
 
 @register("forget_quality")
 def _forget_quality(
-    ctx: EvalContext, data: list[QARecord], *, reference: Any, reference_suite: str | None = None
+    ctx: EvalContext,
+    data: list[QARecord],
+    *,
+    reference: Any,
+    reference_suite: str | None = None,
+    reference_base: str | None = None,
+    allow_other_base: bool = False,
 ) -> MetricResult:
     """KS-test p-value between this model's per-item forget truth ratios and a retain model's (``reference``: a TOFU
-    eval log, a results JSON, a JSON list or a list of numbers)."""
-    ref = load_reference_truth_ratios(reference, suite=reference_suite)
+    eval log, a results JSON, a JSON list or a list of numbers).
+
+    The retain model must descend from the same base model as the evaluated one
+    (:func:`mollm.models.loading.base_model_identity`): a reference from another base model, or one whose base is
+    unknown (a list of numbers, a results JSON without ``base_model``), is refused unless ``reference_base`` names its
+    base (a hub id, ``embedded``, a run directory ...) or ``allow_other_base`` is true. TOFU eval logs count as
+    Phi-1.5's (``microsoft/phi-1_5``). ``reference_suite`` picks the suite of a results JSON with several."""
+    from mollm.evaluation.reference_logs import check_reference_base, read_reference_truth_ratios
+    from mollm.models.loading import base_model_identity
+
+    ref_log = read_reference_truth_ratios(reference, suite=reference_suite)
+    check_reference_base(
+        "forget_quality",
+        base_model_identity(ctx.model),
+        ref_log,
+        reference_base=reference_base,
+        allow_other_base=allow_other_base,
+    )
+    ref = ref_log.values
     tr = _floats(scoring.truth_ratios(ctx.model, ctx.tokenizer, data, **ctx.score_kw))
     ks = stats.forget_quality(tr, ref)
     return MetricResult(
@@ -282,18 +305,43 @@ def _mia(
     *,
     holdout: str | Sequence[QARecord],  # a suite name in configs, resolved to its records before the call
     k: float = 0.4,
-    retain_auc: dict[str, float] | float | None = None,
+    retain_auc: dict[str, float] | float | str | None = None,
+    retain_suite: str | None = None,
+    reference_base: str | None = None,
+    allow_other_base: bool = False,
 ) -> MetricResult:
     """Membership inference (LOSS, zlib, Min-K%, Min-K%++) of the suite's items (members) against ``holdout``:
-    AUC per attack, privleak per attack when ``retain_auc`` (the retain model's AUCs) is given; value = Min-K% AUC."""
+    AUC per attack, privleak per attack when ``retain_auc`` (the retain model's AUCs) is given; value = Min-K% AUC.
+
+    ``retain_auc`` is the retain model's results JSON (its ``mia`` result, same ``k``; ``retain_suite`` picks the
+    suite when there are several), or numbers (``{attack: auc}`` or one for all). As for ``forget_quality``, the
+    retain model must descend from the evaluated model's base model: a results JSON of another base, or numbers
+    (which record none), are refused unless ``reference_base`` names their base or ``allow_other_base`` is true."""
     if not holdout:
         raise ValueError("metric 'mia': option holdout is empty")
+    ref_auc: dict[str, float] | float | None = None
+    if retain_auc is not None:
+        from mollm.evaluation.reference_logs import check_reference_base, read_reference_mia_auc
+        from mollm.models.loading import base_model_identity
+
+        ref_log = read_reference_mia_auc(retain_auc, suite=retain_suite)
+        check_reference_base(
+            "mia",
+            base_model_identity(ctx.model),
+            ref_log,
+            reference_base=reference_base,
+            allow_other_base=allow_other_base,
+        )
+        ref_k = ref_log.options.get("k", 0.4)
+        if not isinstance(retain_auc, (int, float, dict)) and not math.isclose(float(ref_k), float(k)):
+            raise ValueError(f"metric 'mia': retain_auc {retain_auc} was computed with k={ref_k}, this one with k={k}")
+        ref_auc = ref_log.values
     members = scoring.mia_scores(ctx.model, ctx.tokenizer, data, k=k, **ctx.score_kw)
     others = scoring.mia_scores(ctx.model, ctx.tokenizer, list(holdout), k=k, **ctx.score_kw)
     agg: dict[str, float] = {}
     for attack in scoring.MIA_ATTACKS:
         agg[f"auc_{attack}"] = stats.auc(members[attack], others[attack])
-        ref = retain_auc.get(attack) if isinstance(retain_auc, dict) else retain_auc
+        ref = ref_auc.get(attack) if isinstance(ref_auc, dict) else ref_auc
         if ref is not None:
             agg[f"privleak_{attack}"] = stats.privleak(agg[f"auc_{attack}"], float(ref))
     agg["value"] = agg["auc_min_k"]

@@ -533,3 +533,145 @@ def save_model(
         else:
             os.rename(tmp, out)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Base-model identity (which pretrained model a model descends from)
+
+EMBEDDED_BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The embedded GGUF's `general.name`; transformers keeps it as `_model_name_or_path` in the config of every model
+# converted from that file, so folders saved from the embedded model (a run's model/, the GGUF cache) carry it.
+_EMBEDDED_GGUF_NAME = "Smollm2 135M 8k Lc100K Mix1 Ep2"
+
+
+def base_model_identity(spec: Any = None) -> str:
+    """The pretrained model that ``spec`` (a model spec, see the module docstring, or a loaded model) descends from,
+    as a string to compare two models' bases with (e.g. a model and the retain model of its forget quality).
+
+    The rule, first match wins:
+
+    1. ``None`` / ``"embedded"`` / ``"smollm2"``, or a ``.gguf`` file named like the embedded one:
+       ``"HuggingFaceTB/SmolLM2-135M-Instruct"``;
+    2. a run directory (``model/`` + ``config.yaml``), its ``model/`` folder, or a checkpoint
+       ``RUN/checkpoints/step_N``: the base of the ``model`` in ``RUN/config.yaml``, followed through runs built on
+       runs (a relative path is tried from the working directory, then from the run directory's parent folders);
+    3. a LoRA adapter folder: the base of its ``adapter_config.json`` ``base_model_name_or_path``;
+    4. a Hugging Face model folder: its ``config.json`` ``_name_or_path`` when recorded (older transformers save it;
+       followed when it is another local model), else ``_model_name_or_path`` (the embedded GGUF's name gives rule 1),
+       else its architecture and size, e.g. ``"LlamaForCausalLM(hidden_size=576, num_hidden_layers=30,
+       vocab_size=49152)"`` — the best identity available, which cannot tell fine-tunes of one architecture apart;
+    5. another ``.gguf`` file: its file name;
+    6. a string that is no local path (a hub id): the string itself (a hub model's own base is not looked up);
+    7. a loaded model (module, ``PeftModel``, DDP wrapper, ``Reference``): the rule for what it was loaded from
+       (``config._name_or_path``), else rule 4 on its config (architecture and size).
+    """
+    return _base_of(spec, set())
+
+
+def _base_of(spec: Any, seen: set[str]) -> str:
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in EMBEDDED_ALIASES):
+        return EMBEDDED_BASE
+    if not isinstance(spec, (str, os.PathLike)):
+        return _base_of_loaded(spec, seen)
+    text = os.fspath(spec).strip()
+    path = Path(text).expanduser()
+    if not text or not path.exists():
+        if Path(text).name == EMBEDDED_GGUF:
+            return EMBEDDED_BASE  # saved on another machine: the embedded file lives elsewhere
+        return text or EMBEDDED_BASE
+    key = str(path.resolve())
+    if key in seen:
+        return text  # a loop (a folder naming itself): no further base to follow
+    seen.add(key)
+    if path.is_file():
+        return EMBEDDED_BASE if path.name == EMBEDDED_GGUF else path.name
+    run_dir = _run_dir_of(path)
+    if run_dir is not None:
+        return _base_of_run(run_dir, seen)
+    if (path / "config.json").is_file():
+        return _base_of_config(path / "config.json", seen)
+    if (path / "adapter_config.json").is_file():
+        try:
+            base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        except (OSError, ValueError, KeyError):
+            return text
+        return _base_of(base, seen) if base else text
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _base_of(ggufs[0], seen)
+    return text
+
+
+def _run_dir_of(path: Path) -> Path | None:
+    """The run directory when ``path`` is one (``model/`` + ``config.yaml``), its ``model/`` folder or a checkpoint."""
+    if (path / "config.yaml").is_file() and (path / "model").is_dir():
+        return path
+    if path.name == "model" and (path.parent / "config.yaml").is_file():
+        return path.parent
+    if _is_run_checkpoint(path):
+        return path.parent.parent
+    return None
+
+
+def _base_of_run(run_dir: Path, seen: set[str]) -> str:
+    import yaml
+
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return str(run_dir)
+    model = config.get("model", "embedded") if isinstance(config, dict) else "embedded"
+    if model is None or str(model).strip().lower() in EMBEDDED_ALIASES:
+        return EMBEDDED_BASE
+    model = str(model)
+    if not Path(model).expanduser().is_absolute() and not Path(model).expanduser().exists():
+        for parent in (run_dir.resolve().parent.parent, run_dir.resolve().parent):
+            if (parent / model).exists():
+                model = str(parent / model)
+                break
+    return _base_of(model, seen)
+
+
+def _base_of_config(config_file: Path, seen: set[str]) -> str:
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return str(config_file.parent)
+    return _base_of_config_fields(config, None, seen)
+
+
+def _base_of_config_fields(config: dict[str, Any], class_name: str | None, seen: set[str]) -> str:
+    name = str(config.get("_name_or_path") or "").strip()
+    if name:
+        return _base_of(name, seen)
+    gguf_name = str(config.get("_model_name_or_path") or "").strip()
+    if gguf_name == _EMBEDDED_GGUF_NAME:
+        return EMBEDDED_BASE
+    if gguf_name:
+        return gguf_name
+    archs = config.get("architectures") or ([class_name] if class_name else [config.get("model_type", "unknown")])
+    sizes = {
+        "hidden_size": config.get("hidden_size", config.get("n_embd")),
+        "num_hidden_layers": config.get("num_hidden_layers", config.get("n_layer")),
+        "vocab_size": config.get("vocab_size"),
+    }
+    return f"{archs[0]}({', '.join(f'{k}={v}' for k, v in sizes.items())})"
+
+
+def _base_of_loaded(model: Any, seen: set[str]) -> str:
+    for attr in ("_model", "module"):  # a Reference or a DDP wrapper around the model
+        inner = getattr(model, attr, None)
+        if isinstance(inner, torch.nn.Module):
+            model = inner
+    config = getattr(model, "config", None)
+    if config is None:
+        raise TypeError(f"cannot tell the base model of a {type(model).__name__}: it has no config")
+    name = str(getattr(config, "_name_or_path", "") or "").strip()
+    if name:
+        return _base_of(name, seen)
+    fields = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    fields["_name_or_path"] = ""
+    arch = type(model).__name__
+    if arch.startswith("PeftModel"):  # PeftModel, PeftModelForCausalLM: name the wrapped architecture
+        arch = type(model.get_base_model()).__name__
+    return _base_of_config_fields({**fields, "architectures": None}, arch, seen)
