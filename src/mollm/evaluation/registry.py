@@ -22,7 +22,6 @@ from mollm.core.registry import Registry, first_paragraph, options_from_signatur
 from mollm.data.encode import PromptFormat
 from mollm.data.records import QARecord
 from mollm.evaluation import scoring, stats
-from mollm.evaluation.reference_logs import load_reference_truth_ratios
 from mollm.evaluation.text import is_degenerate, ngram_entropy, repetition_rate
 
 

@@ -603,13 +603,11 @@ def _base_of(spec: Any, seen: set[str]) -> str:
 
 
 def _run_dir_of(path: Path) -> Path | None:
-    """The run directory when ``path`` is one (``model/`` + ``config.yaml``), its ``model/`` folder or a checkpoint."""
-    if (path / "config.yaml").is_file() and (path / "model").is_dir():
-        return path
-    if path.name == "model" and (path.parent / "config.yaml").is_file():
-        return path.parent
-    if _is_run_checkpoint(path):
-        return path.parent.parent
+    """The run directory ``path`` is, or lies in (its ``model/`` folder, a checkpoint): the nearest of ``path`` and
+    the two folders above it that holds a run's ``config.yaml``."""
+    for candidate in (path, *list(path.resolve().parents)[:2]):
+        if (candidate / "config.yaml").is_file():
+            return candidate
     return None
 
 
