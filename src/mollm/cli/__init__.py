@@ -105,11 +105,9 @@ def generate(
         return
     fmt = PromptFormat(kind="chat" if chat else "plain")
     responses = _generate(lm, tok, texts, fmt=fmt, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with tmp.open("w") as fh:
-        for p, r in zip(texts, responses):
-            fh.write(json.dumps({"prompt": p, "response": r}) + "\n")
-    os.replace(tmp, out)
+    from mollm.core.atomic import atomic_write_text
+
+    atomic_write_text(out, "".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in zip(texts, responses)))
     typer.echo(f"wrote {len(responses)} responses to {out}")
 
 

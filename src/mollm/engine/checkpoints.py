@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mollm.core.atomic import replace_dir
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -58,7 +60,7 @@ def save(
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         if keep is not None:
             for old in checkpoint_dirs(run_dir)[:-keep]:
                 shutil.rmtree(old)

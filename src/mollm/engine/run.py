@@ -39,6 +39,7 @@ from mollm.core.outputs import ClaimedOutput, OutputExistsError, claim_output
 from mollm.engine import checkpoints
 from mollm.engine.config import RunConfig, dump_config
 from mollm.engine.distributed import describe, make_strategy
+from mollm.engine.metrics_log import METRICS_FILE, append_step, truncate_metrics
 from mollm.engine.plan import RunHooks, RunPlan, RunSetup, build_plan
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class RunResult:
 
     @property
     def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+        return self.run_dir / METRICS_FILE
 
 
 def _total_steps(config: RunConfig, sizes: list[int], processes: int = 1) -> int:
@@ -90,14 +91,6 @@ def _optimizer(params: list[torch.nn.Parameter], config: RunConfig) -> torch.opt
     if o.name == "adamw":
         return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
     return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
-
-
-def _truncate_metrics(path: Path, after_step: int) -> None:
-    """On resume, drop log lines past the checkpoint so the log matches an uninterrupted run."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= after_step]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def _from_main(accelerator: Accelerator, value: Any) -> Any:
@@ -259,12 +252,12 @@ def _train(
         max_norm=config.grad_clip,
     )
 
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / METRICS_FILE
     if start_step:
         checkpoints.load(strategy, run_dir / "checkpoints" / f"step_{start_step}", model, optimizer, scheduler)
         if main:
-            _truncate_metrics(metrics_path, start_step)
-            _truncate_metrics(run_dir / "geffect.jsonl", start_step)
+            truncate_metrics(metrics_path, start_step)
+            truncate_metrics(run_dir / "geffect.jsonl", start_step)
     tracker = hooks.tracker(setup) if main else None
     evaluate = _Evaluator(hooks, setup, strategy, model, reference, progress)
     if config.evaluation.before and start_step == 0:
@@ -273,37 +266,36 @@ def _train(
     status, bad_in_row, history, step = "completed", 0, [], start_step
     t0 = time.time()
     bar = tqdm(total=total, initial=start_step, desc=config.mode, disable=not (progress and main), unit="step")
-    with metrics_path.open("a") if main else open(os.devnull, "w") as log_file:
-        for step in range(start_step + 1, total + 1):
-            batches = [s.batch((step - 1) * world + rank) for s in plan.samplers]
-            closures = objective_closures(model, plan.objectives, batches, reference)
-            stats = step_fn(_autocast(config.mixed_precision, strategy.device, closures))
-            record = {"step": step, "lr": scheduler.get_last_lr()[0], **_named(stats)}
-            bad_in_row = 0 if _update(stats, record, optimizer, scheduler, config) else bad_in_row + 1
-            if bad_in_row >= config.max_bad_steps:
-                status = f"stopped: {bad_in_row} non-finite steps in a row"
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if claim is not None:
-                claim.started()  # the first step is on disk: a run this one replaces can go now
-            history.append(record)
-            if step % config.log_every == 0:
-                accelerator.log(_scalars(record), step=step)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in record["losses"].items() if v is not None})
-            if on_step is not None:
-                on_step(step, record)
-            if status != "completed":
+    for step in range(start_step + 1, total + 1):
+        batches = [s.batch((step - 1) * world + rank) for s in plan.samplers]
+        closures = objective_closures(model, plan.objectives, batches, reference)
+        stats = step_fn(_autocast(config.mixed_precision, strategy.device, closures))
+        record = {"step": step, "lr": scheduler.get_last_lr()[0], **_named(stats)}
+        bad_in_row = 0 if _update(stats, record, optimizer, scheduler, config) else bad_in_row + 1
+        if bad_in_row >= config.max_bad_steps:
+            status = f"stopped: {bad_in_row} non-finite steps in a row"
+        if main:
+            append_step(metrics_path, record)
+        if claim is not None:
+            claim.started()  # the first step is on disk: a run this one replaces can go now
+        history.append(record)
+        if step % config.log_every == 0:
+            accelerator.log(_scalars(record), step=step)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in record["losses"].items() if v is not None})
+        if on_step is not None:
+            on_step(step, record)
+        if status != "completed":
+            break
+        if tracker is not None:
+            tracker(step, model, reference)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
+            checkpoints.save(strategy, run_dir, step, config.keep_checkpoints, model, optimizer, scheduler)
+        if config.evaluation.every and step % config.evaluation.every == 0 and step < total:
+            result = evaluate(f"step_{step}", step)  # every process: it waits for the main one's evaluation
+            if _from_main(accelerator, main and _check_stop(config, result)):
+                status = f"stopped: {config.stop.metric} reached its target at step {step}"
                 break
-            if tracker is not None:
-                tracker(step, model, reference)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
-                checkpoints.save(strategy, run_dir, step, config.keep_checkpoints, model, optimizer, scheduler)
-            if config.evaluation.every and step % config.evaluation.every == 0 and step < total:
-                result = evaluate(f"step_{step}", step)  # every process: it waits for the main one's evaluation
-                if _from_main(accelerator, main and _check_stop(config, result)):
-                    status = f"stopped: {config.stop.metric} reached its target at step {step}"
-                    break
     bar.close()
 
     if config.evaluation.after:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from mollm.core.atomic import json_safe
 from mollm.core.device import model_device, to_device
 
 if TYPE_CHECKING:
@@ -70,17 +71,7 @@ class StepStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; non-finite numbers become ``None`` (strict JSON has no NaN)."""
-        return _json_safe(asdict(self))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+        return json_safe(asdict(self))
 
 
 def trainable_parameters(model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -40,7 +39,7 @@ from typing import Any
 
 import torch
 
-from mollm.core.atomic import atomic_write_text
+from mollm.core.atomic import atomic_write_json, json_safe
 from mollm.core.errors import ConfigError
 from mollm.data.encode import PromptFormat
 from mollm.data.records import QARecord
@@ -116,19 +115,9 @@ def _canonical(value: Any, suites_data: Mapping[str, list[QARecord]]) -> Any:
 # --- atomic files ---------------------------------------------------------------------------------------------
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # strict JSON has no NaN; None marks "undefined" (e.g. no non-empty generation)
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON (NaN/inf become null) via a temporary file in the same folder and a rename."""
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=1, allow_nan=False))
+    atomic_write_json(path, obj, indent=1)
 
 
 def _read_json(path: Path) -> Any | None:
@@ -415,7 +404,7 @@ def evaluate(
     except ValueError:
         pass
     write_json_atomic(out_dir / RESULTS_FILE, results)
-    return _json_safe(results)
+    return json_safe(results)
 
 
 def _base_model(model: Any) -> str | None:

