@@ -204,9 +204,7 @@ def check_reference_base(
             f"reference_base: (e.g. reference_base: {model_base}, or the retain model's run directory), or set "
             f"allow_other_base: true to compare anyway"
         )
-        if not allow_other_base:
-            raise ReferenceBaseError(msg)
-        warnings.warn(f"{msg} (allow_other_base is true: comparing anyway)", stacklevel=3)
+        _refuse_unless_forced(msg, allow_other_base)
         return None
     if not same_base(base, model_base):
         msg = (
@@ -216,10 +214,14 @@ def check_reference_base(
             f"reference's base with reference_base: if {base!r} is wrong, or set allow_other_base: true to compare "
             f"anyway"
         )
-        if not allow_other_base:
-            raise ReferenceBaseError(msg)
-        warnings.warn(f"{msg} (allow_other_base is true: comparing anyway)", stacklevel=3)
+        _refuse_unless_forced(msg, allow_other_base)
     return base
+
+
+def _refuse_unless_forced(msg: str, allow_other_base: bool) -> None:
+    if not allow_other_base:
+        raise ReferenceBaseError(msg)
+    warnings.warn(f"{msg} (allow_other_base is true: comparing anyway)", stacklevel=4)
 
 
 def _read_json_file(p: Path, expected: str) -> Any:
