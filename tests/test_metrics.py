@@ -340,3 +340,31 @@ def test_tofu_model_utility_from_results():
         tofu_model_utility(results)
     with pytest.raises(ValueError, match="no suite 'retain'"):
         tofu_model_utility({"suites": {}})
+
+
+class _FixedGenerations:
+    """A generation store that hands out fixed answers (so generation metrics are checked without a model)."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def get(self, records):
+        return list(self.texts)
+
+    def put(self, records, texts):  # pragma: no cover - never called: get always answers
+        raise AssertionError("unexpected generation")
+
+
+def test_refusal_rate_answer_length_and_accuracy_read_the_generations():
+    from mollm.data.records import QARecord
+    from mollm.evaluation.registry import EvalContext, compute_metric
+
+    records = [QARecord(f"q{i}?", "Paris") for i in range(4)]
+    texts = ["I'm sorry, I cannot help with that.", "The capital is Paris.", "", "I apologize, but no"]
+    ctx = EvalContext(object(), object(), generation_store=_FixedGenerations(texts), progress=False)
+    refusal = compute_metric("refusal_rate", ctx, records)
+    assert refusal.per_item == [1.0, 0.0, 0.0, 1.0] and refusal.aggregate["value"] == 0.5
+    length = compute_metric("answer_length", ctx, records)
+    assert length.per_item == [7.0, 4.0, 0.0, 4.0] and length.aggregate == {"value": 3.75, "median": 4.0}
+    acc = compute_metric("accuracy", ctx, records)
+    assert acc.per_item == [0.0, 1.0, 0.0, 0.0]

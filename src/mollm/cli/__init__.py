@@ -129,6 +129,7 @@ def _register_subcommands() -> None:
     from mollm.cli.geffect import geffect_cmd
     from mollm.cli.judge import judge_app
     from mollm.cli.listing import list_cmd
+    from mollm.cli.sweep import sweep_cmd
     from mollm.cli.report import compare_cmd, report_cmd
 
     app.add_typer(judge_app, name="judge", help="Train or apply a harmfulness judge.")
@@ -137,6 +138,7 @@ def _register_subcommands() -> None:
     app.command("compare")(compare_cmd)
     app.command("geffect")(geffect_cmd)
     app.command("list")(list_cmd)
+    app.command("sweep")(sweep_cmd)
 
 
 _register_subcommands()

@@ -147,6 +147,27 @@ class DistributedConfig(_Strict):
         return self
 
 
+class SweepConfig(_Strict):
+    """A grid over any config keys, run by ``mollm sweep``: every combination is an ordinary run directory under
+    ``output_dir``; ``x``/``y`` name the two metrics of the sweep's Pareto plot (``SUITE/METRIC`` or a unique
+    suffix, as ``mollm compare`` takes)."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)  # dotted key -> values, e.g. {optimizer.lr: [1e-5, 3e-5]}
+    output_dir: str = "sweeps/{name}"
+    x: str = "harmful_rate"
+    y: str = "perplexity"
+    x_direction: Literal["min", "max"] | None = None
+    y_direction: Literal["min", "max"] | None = None
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"grid key {key!r} has no values")
+        return v
+
+
 class RunConfig(_Strict):
     """Everything a run needs. ``mode`` chooses unlearning or plain fine-tuning (to build a target model)."""
 
@@ -178,6 +199,7 @@ class RunConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     stop: StopConfig | None = None
     geffect: GEffectTrackingConfig | None = None
+    sweep: SweepConfig | None = None  # used by `mollm sweep`; `mollm unlearn` runs the config as it is
     output_dir: str = "runs/{name}"
     name: str = "run"
     overwrite: bool = False

@@ -255,9 +255,9 @@ def _train(
     metrics_path = run_dir / METRICS_FILE
     if start_step:
         checkpoints.load(strategy, run_dir / "checkpoints" / f"step_{start_step}", model, optimizer, scheduler)
-        if main:
-            truncate_metrics(metrics_path, start_step)
-            truncate_metrics(run_dir / "geffect.jsonl", start_step)
+    if config.resume and main:  # the log then matches an uninterrupted run (all of it goes when no checkpoint was)
+        truncate_metrics(metrics_path, start_step)
+        truncate_metrics(run_dir / "geffect.jsonl", start_step)
     tracker = hooks.tracker(setup) if main else None
     evaluate = _Evaluator(hooks, setup, strategy, model, reference, progress)
     if config.evaluation.before and start_step == 0:

@@ -114,7 +114,7 @@ def pareto_plot(
     others = [i for i, f in enumerate(front) if not f]
     on = sorted((i for i, f in enumerate(front) if f), key=lambda i: (xs[i], ys[i]))
     if others:
-        ax.scatter([xs[i] for i in others], [ys[i] for i in others], color="gray", s=40, label="dominated")
+        ax.scatter([xs[i] for i in others], [ys[i] for i in others], color="gray", alpha=0.45, s=40, label="dominated")
     if on:
         ax.plot([xs[i] for i in on], [ys[i] for i in on], "-o", color="red", markersize=8, label="Pareto front")
     for lab, x, y in zip(labels, xs, ys):

@@ -58,13 +58,13 @@ def pareto_front(points: Sequence[tuple[float, float]], minimize: tuple[bool, bo
 
 
 def lookup_metric(metrics: dict[str, float], name: str) -> float | None:
-    """``metrics[name]``, else the one metric whose dotted name ends with ``.name``; ``None`` if there is none.
+    """``metrics[name]``, else the one metric whose name ends with ``.name`` or ``/name``; ``None`` if there is none.
 
     Several suffix matches are an error listing them (say which one, e.g. ``forget.harmful_rate``).
     """
     if name in metrics:
         return metrics[name]
-    hits = [k for k in metrics if k.endswith("." + name)]
+    hits = [k for k in metrics if k.endswith(("." + name, "/" + name))]
     if len(hits) > 1:
         raise ValueError(f"metric {name!r} is ambiguous: it matches {sorted(hits)}; give the full dotted name")
     return metrics[hits[0]] if hits else None
