@@ -78,8 +78,21 @@ class _Interrupt(Exception):
     pass
 
 
-def test_interrupted_run_resumes_to_same_weights(tmp_path, tokenizer):
-    common = dict(steps=6, checkpoint_every=2, keep_checkpoints=1, evaluation={"before": False, "after": False})
+@pytest.mark.parametrize("aggregator", [{"name": "ds_mgda"}, {"name": "pcgrad", "options": {"seed": 3}}])
+def test_interrupted_run_resumes_to_same_weights(tmp_path, tokenizer, aggregator, monkeypatch):
+    from mollm.aggregators.pcgrad import PCGrad
+
+    loaded = []
+    real_load = PCGrad.load_state_dict
+    monkeypatch.setattr(PCGrad, "load_state_dict", lambda self, state: (loaded.append(state), real_load(self, state)))
+    # pcgrad draws a random order every step: its generator is checkpointed (aggregator.json) so the orders match.
+    common = dict(
+        steps=6,
+        checkpoint_every=2,
+        keep_checkpoints=1,
+        aggregator=aggregator,
+        evaluation={"before": False, "after": False},
+    )
     full = run(_config(tmp_path / "a", **common), model=tiny_model(), tokenizer=tokenizer, progress=False)
 
     def stop_at_5(step, record):
@@ -106,6 +119,10 @@ def test_interrupted_run_resumes_to_same_weights(tmp_path, tokenizer):
     steps = [json.loads(x)["step"] for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # the lines past the checkpoint were replaced, not duplicated
     assert [p.name for p in (resumed.run_dir / "checkpoints").iterdir()] == ["step_4"]  # only the newest is kept
+    saved = resumed.run_dir / "checkpoints" / "step_4" / "aggregator.json"
+    assert saved.is_file() == (aggregator["name"] == "pcgrad")
+    if aggregator["name"] == "pcgrad":  # the resumed run read the generator state its checkpoint saved at step 4
+        assert len(loaded) == 1 and loaded[0]["generator"] != PCGrad(seed=3).state_dict()["generator"]
 
 
 def test_lora_run_merges_into_plain_model(tmp_path, tokenizer):

@@ -37,6 +37,13 @@ class PCGrad(Aggregator):
         else:
             self.generator.manual_seed(self.options.seed)
 
+    def state_dict(self) -> dict[str, list[int]]:
+        """The generator's state, so a resumed run draws the same orders as an uninterrupted one."""
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
     def _solve(self, gram: np.ndarray) -> np.ndarray:
         m = gram.shape[0]
         # Always draw the permutations, so the random stream does not depend on G.

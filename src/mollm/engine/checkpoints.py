@@ -7,6 +7,7 @@ shards, and a run with another process count can still load them), the scheduler
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mollm.core.atomic import replace_dir
+from mollm.core.atomic import atomic_write_json, replace_dir
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from mollm.engine.distributed import Strategy
 
 SHARDED_DIR = "dcp"  # inside step_N: the torch.distributed.checkpoint folder of an fsdp run
+AGGREGATOR_FILE = "aggregator.json"  # inside step_N: a stateful aggregator's state
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -44,10 +46,12 @@ def save(
     model: torch.nn.Module,
     optimizer: Any,
     scheduler: Any,
+    aggregator: Any = None,
 ) -> None:
     """Save the training state atomically (temp folder, then rename); then drop all but the newest ``keep``.
 
-    Every process takes part; only the main process renames and prunes."""
+    A stateful aggregator's ``state_dict()`` (an EMA, a random generator) goes to ``aggregator.json``, so a resumed
+    run continues exactly. Every process takes part; only the main process writes it, renames and prunes."""
     accelerator = strategy.accelerator
     final = run_dir / "checkpoints" / f"step_{step}"
     tmp = final.with_name(f".tmp_step_{step}")
@@ -60,6 +64,9 @@ def save(
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        state = _aggregator_state(aggregator)
+        if state:
+            atomic_write_json(tmp / AGGREGATOR_FILE, state)
         replace_dir(tmp, final)
         if keep is not None:
             for old in checkpoint_dirs(run_dir)[:-keep]:
@@ -67,12 +74,22 @@ def save(
     accelerator.wait_for_everyone()
 
 
-def load(strategy: Strategy, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
-    """Restore what :func:`save` wrote into the (already prepared or sharded) model, optimizer and scheduler."""
+def load(
+    strategy: Strategy, path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, aggregator: Any = None
+) -> None:
+    """Restore what :func:`save` wrote into the (already prepared or sharded) model, optimizer, scheduler and
+    aggregator (every process reads the same aggregator state, so all keep taking the same steps)."""
     if strategy.name == "fsdp":
         _load_sharded(strategy.accelerator, path, model, optimizer, scheduler)
     else:
         strategy.accelerator.load_state(str(path))
+    if (path / AGGREGATOR_FILE).is_file() and hasattr(aggregator, "load_state_dict"):
+        aggregator.load_state_dict(json.loads((path / AGGREGATOR_FILE).read_text()))
+
+
+def _aggregator_state(aggregator: Any) -> dict[str, Any]:
+    state_dict = getattr(aggregator, "state_dict", None)
+    return dict(state_dict()) if callable(state_dict) else {}
 
 
 def _rng_state() -> dict[str, Any]:

@@ -254,7 +254,8 @@ def _train(
 
     metrics_path = run_dir / METRICS_FILE
     if start_step:
-        checkpoints.load(strategy, run_dir / "checkpoints" / f"step_{start_step}", model, optimizer, scheduler)
+        path = run_dir / "checkpoints" / f"step_{start_step}"
+        checkpoints.load(strategy, path, model, optimizer, scheduler, plan.aggregator)
     if config.resume and main:  # the log then matches an uninterrupted run (all of it goes when no checkpoint was)
         truncate_metrics(metrics_path, start_step)
         truncate_metrics(run_dir / "geffect.jsonl", start_step)
@@ -290,7 +291,9 @@ def _train(
         if tracker is not None:
             tracker(step, model, reference)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < total:
-            checkpoints.save(strategy, run_dir, step, config.keep_checkpoints, model, optimizer, scheduler)
+            checkpoints.save(
+                strategy, run_dir, step, config.keep_checkpoints, model, optimizer, scheduler, plan.aggregator
+            )
         if config.evaluation.every and step % config.evaluation.every == 0 and step < total:
             result = evaluate(f"step_{step}", step)  # every process: it waits for the main one's evaluation
             if _from_main(accelerator, main and _check_stop(config, result)):
