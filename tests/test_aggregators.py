@@ -607,3 +607,24 @@ def test_pcgrad_state_round_trip_continues_the_same_orders():
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # through JSON, as a checkpoint stores it
     for k in range(3, 6):
         torch.testing.assert_close(resumed(g), outputs[k], rtol=0, atol=0)
+
+
+@PROPS
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(2, 5), f=st.integers(0, 4), factor=st.floats(1.5, 8.0))
+def test_ds_mgda_preference_scales_the_first_order_decrease_ratios_exactly(seed, m, f, factor):
+    """What α means: at full rank with no objective floored, (G c)_i = s · α_i / sqrt((G⁺)_ii) with one s > 0, so
+    multiplying α_f by k multiplies objective f's first-order decrease relative to every other one by exactly k (its
+    share of the total decrease rises). The absolute decrease at a fixed step length need not rise (see the docs)."""
+    f = f % m
+    rng = np.random.default_rng(seed)
+    j = rng.standard_normal((m, m + 3)) * rng.uniform(0.5, 2.0, size=(m, 1))  # norms within 4x: none floored
+    g = torch.tensor(j @ j.T)
+    base = np.ones(m)
+    more = base.copy()
+    more[f] *= factor
+    d0 = (g @ get("ds_mgda", preference=base.tolist())(g)).numpy()
+    d1 = (g @ get("ds_mgda", preference=more.tolist())(g)).numpy()
+    assert (d0 > 0).all() and (d1 > 0).all()
+    others = [i for i in range(m) if i != f]
+    np.testing.assert_allclose((d1[f] / d1[others]) / (d0[f] / d0[others]), factor, rtol=1e-6)
+    assert d1[f] / d1.sum() > d0[f] / d0.sum()
