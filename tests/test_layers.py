@@ -1,5 +1,6 @@
 """The package's layers (data -> models -> objectives -> aggregators -> engine -> evaluation | geffect -> runs |
-reports -> demo -> cli, all above mollm.core) hold: import-linter checks the contract in pyproject.toml."""
+reports | integrations -> demo -> cli, all above mollm.core) hold: import-linter checks the contract in
+pyproject.toml."""
 
 from __future__ import annotations
 

@@ -43,3 +43,21 @@ def test_readme_run_example_runs(tiny_default_model, monkeypatch, tmp_path, caps
     assert ns["result"].status == "completed"
     assert (tmp_path / "mollm" / "model" / "model.safetensors").is_file()
     assert "completed" in capsys.readouterr().out
+
+
+def test_readme_trainer_example_runs(tiny_default_model, tmp_path, capsys):
+    block = next(b for b in _python_blocks() if "MultiObjectiveTrainer(" in b)
+    # Same calls, shorter and into a temporary folder: 20 steps become 2, logged and saved at each.
+    for old, new in [
+        ('"runs/hf_trainer", max_steps=20', f'"{tmp_path}/hf", max_steps=2'),
+        ("logging_steps=5, save_steps=10", "logging_steps=1, save_steps=1"),
+    ]:
+        assert old in block
+        block = block.replace(old, new)
+    ns: dict = {}
+    exec(compile(block, "README.md (Trainer example)", "exec"), ns)
+    trainer = ns["trainer"]
+    assert trainer.state.global_step == 2 and len(trainer.step_records) == 2
+    assert all("coefficients/retain" in h and "Gc/forget" in h for h in trainer.state.log_history if "loss" in h)
+    assert (tmp_path / "hf" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert "'retain'" in capsys.readouterr().out

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mollm.core.atomic import append_jsonl, atomic_write_text
 from mollm.data.jsonl import iter_jsonl
+
+if TYPE_CHECKING:
+    from mollm.engine.step import StepStats
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -17,6 +20,40 @@ def metrics_path(run_dir_or_file: str | Path) -> Path:
     """``RUN/metrics.jsonl`` for a run directory, or the file itself."""
     p = Path(run_dir_or_file)
     return p / METRICS_FILE if p.is_dir() else p
+
+
+def step_metrics(stats: StepStats) -> dict[str, Any]:
+    """One step's statistics keyed by objective label, the layout of a ``metrics.jsonl`` line (without ``step`` and
+    ``lr``): ``losses``, ``grad_norms``, ``coefficients``, ``Gc`` (per objective), ``cosines`` (per pair ``a|b``),
+    ``conflict``, ``direction_norm``, ``finite``, ``seconds`` (and ``bad_objective``, ``reason`` for a skipped step)."""
+    d = stats.to_dict()
+    names = d["names"]
+    out: dict[str, Any] = {key: dict(zip(names, d[key])) for key in ("losses", "grad_norms", "coefficients")}
+    out["Gc"] = dict(zip(names, d["decrease"]))
+    out["cosines"] = {
+        f"{a}|{b}": d["cosines"][i][j]
+        for i, a in enumerate(names)
+        for j, b in enumerate(names)
+        if i < j and d["cosines"]
+    }
+    out.update(conflict=d["conflict"], direction_norm=d["direction_norm"], finite=d["finite"], seconds=d["seconds"])
+    if not d["finite"]:
+        out.update(bad_objective=d["bad_objective"], reason=d["reason"])
+    return out
+
+
+def scalar_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """A step record flattened to named numbers for loggers (TensorBoard, the Trainer's): ``losses/forget``,
+    ``Gc/retain``, ``cosines/forget|retain``, ``conflict`` (0 or 1), ...; ``None`` (non-finite) values are left out."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{key}/{sub}"] = float(v)
+        elif isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
 
 
 def append_step(path: Path, record: dict[str, Any]) -> None:

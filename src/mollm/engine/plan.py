@@ -100,6 +100,11 @@ class Sampler:
         return collate([self.examples[i] for i in idx], self.pad_id, self.device)
 
 
+def sampler_seed(seed: int, index: int) -> int:
+    """The seed of objective ``index``'s batches in a run seeded ``seed`` (each objective shuffles its own way)."""
+    return seed + 7919 * (index + 1)
+
+
 @dataclass
 class RunPlan:
     """The run's objectives with their data: losses, labels, batch samplers, G-effect targets, prompt format."""
@@ -194,7 +199,7 @@ def build_plan(
                 problems.append(f"objectives.{i} ({oc.label}): {err}")
                 continue
             examples = _encode(records, tokenizer, fmt, config.max_length, f"objectives.{i} ({oc.label})", problems)
-            samplers.append(Sampler(examples, oc.batch_size, config.seed + 7919 * (i + 1), pad_id))
+            samplers.append(Sampler(examples, oc.batch_size, sampler_seed(config.seed, i), pad_id))
     problems += hooks.problems(config)
     problems += _unserved(config, hooks)
     if problems:

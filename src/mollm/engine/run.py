@@ -39,7 +39,7 @@ from mollm.core.outputs import ClaimedOutput, OutputExistsError, claim_output
 from mollm.engine import checkpoints
 from mollm.engine.config import RunConfig, dump_config
 from mollm.engine.distributed import describe, make_strategy
-from mollm.engine.metrics_log import METRICS_FILE, append_step, truncate_metrics
+from mollm.engine.metrics_log import METRICS_FILE, append_step, scalar_metrics, step_metrics, truncate_metrics
 from mollm.engine.plan import RunHooks, RunPlan, RunSetup, build_plan
 
 if TYPE_CHECKING:
@@ -271,7 +271,7 @@ def _train(
         batches = [s.batch((step - 1) * world + rank) for s in plan.samplers]
         closures = objective_closures(model, plan.objectives, batches, reference)
         stats = step_fn(_autocast(config.mixed_precision, strategy.device, closures))
-        record = {"step": step, "lr": scheduler.get_last_lr()[0], **_named(stats)}
+        record = {"step": step, "lr": scheduler.get_last_lr()[0], **step_metrics(stats)}
         bad_in_row = 0 if _update(stats, record, optimizer, scheduler, config) else bad_in_row + 1
         if bad_in_row >= config.max_bad_steps:
             status = f"stopped: {bad_in_row} non-finite steps in a row"
@@ -281,7 +281,7 @@ def _train(
             claim.started()  # the first step is on disk: a run this one replaces can go now
         history.append(record)
         if step % config.log_every == 0:
-            accelerator.log(_scalars(record), step=step)
+            accelerator.log(scalar_metrics(record), step=step)
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in record["losses"].items() if v is not None})
         if on_step is not None:
@@ -408,33 +408,3 @@ def _save_final_model(
         )
     accelerator.wait_for_everyone()
     return model_dir
-
-
-def _named(stats: StepStats) -> dict[str, Any]:
-    """Step statistics keyed by objective label (the layout of ``metrics.jsonl``)."""
-    d = stats.to_dict()
-    names = d["names"]
-    out: dict[str, Any] = {key: dict(zip(names, d[key])) for key in ("losses", "grad_norms", "coefficients")}
-    out["Gc"] = dict(zip(names, d["decrease"]))
-    out["cosines"] = {
-        f"{a}|{b}": d["cosines"][i][j]
-        for i, a in enumerate(names)
-        for j, b in enumerate(names)
-        if i < j and d["cosines"]
-    }
-    out.update(conflict=d["conflict"], direction_norm=d["direction_norm"], finite=d["finite"], seconds=d["seconds"])
-    if not d["finite"]:
-        out.update(bad_objective=d["bad_objective"], reason=d["reason"])
-    return out
-
-
-def _scalars(record: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    out[f"{key}/{sub}"] = float(v)
-        elif isinstance(value, (int, float)):
-            out[key] = float(value)
-    return out
