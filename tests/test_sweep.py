@@ -94,6 +94,12 @@ def test_a_sweep_runs_every_point_writes_its_table_and_skips_finished_points(tmp
     again = run_sweep(_tree(tmp_path, base), grid={"optimizer.lr": [1e-3, 3e-3]}, progress=False)
     assert all(r["status"].startswith("done (skipped") for r in again.rows)
     assert model.stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match=r"point p00_.*was run with other values of steps; use another output_dir"):
+        run_sweep(_tree(tmp_path, base, steps=4), grid={"optimizer.lr": [1e-3, 3e-3]}, progress=False)
+    over = run_sweep(_tree(tmp_path, base, steps=4), grid={"optimizer.lr": [1e-3]}, overwrite=True, progress=False)
+    assert [r["status"] for r in over.rows] == ["completed", "completed"]
+    assert sorted(p.name for p in (sweep_dir / "runs").iterdir()) == [r["run"] for r in over.rows]  # old sweep gone
+    assert sorted(p.name for p in sweep_dir.parent.iterdir()) == ["s"]
 
 
 class _Stop(Exception):

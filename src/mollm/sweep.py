@@ -116,6 +116,19 @@ def sweep_points(tree: Mapping[str, Any], sweep: SweepConfig, sweep_dir: Path, w
     return points
 
 
+_RUN_STATE_KEYS = ("resume", "overwrite", "mixed_precision")  # how a run was started, not what it computes
+
+
+def _changed_keys(config: RunConfig) -> list[str]:
+    """Top-level keys whose values differ from those the point's existing run directory recorded (none if new)."""
+    saved_path = config.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = config.model_dump(mode="json")
+    return sorted(k for k in set(now) | set(saved) if k not in _RUN_STATE_KEYS and now.get(k) != saved.get(k))
+
+
 def _finished(run_dir: Path) -> bool:
     summary = run_dir / "run.json"
     if not summary.is_file():
@@ -159,7 +172,13 @@ def run_sweep(
 
     problems = []
     for p in points:  # every point checked before the sweep folder is touched
-        if not _finished(p.config.run_dir):
+        changed = [] if overwrite else _changed_keys(p.config)
+        if changed:
+            problems.append(
+                f"point {p.name}: {p.config.run_dir} was run with other values of {', '.join(changed)}; use another "
+                "output_dir, or overwrite=true to start the sweep over"
+            )
+        elif overwrite or not _finished(p.config.run_dir):
             try:
                 validate(p.config)
             except ConfigError as err:
