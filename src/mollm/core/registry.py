@@ -44,6 +44,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
+        self._prefixes: dict[str, Callable[[str], Entry[T]]] = {}
 
     def add(self, name: str, target: T, options: type[Options] = Options, description: str | None = None) -> T:
         """Register ``target`` under ``name``; the description defaults to the first paragraph of its docstring."""
@@ -58,6 +59,11 @@ class Registry(Generic[T]):
         self._entries[name] = Entry(name, target, options, text)
         return target
 
+    def add_prefix(self, prefix: str, resolve: Callable[[str], Entry[T]]) -> None:
+        """Names ``prefix:rest`` are looked up on demand by ``resolve(rest)`` (a ``ValueError`` for an unknown
+        ``rest``); they are not listed by :meth:`names` (``torchjd:UPGradWeighting``, resolved by the plug-in)."""
+        self._prefixes[prefix] = resolve
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)
@@ -70,10 +76,14 @@ class Registry(Generic[T]):
 
     def entry(self, name: str) -> Entry[T]:
         """The entry for ``name``; an unknown name is a ``ValueError`` listing the known ones."""
+        prefix, colon, rest = name.partition(":") if isinstance(name, str) else ("", "", "")
+        if colon and prefix in self._prefixes and name not in self._entries:
+            return self._prefixes[prefix](rest)
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names()) or '(none)'}") from None
+            known = ", ".join(self.names() + [f"{p}:NAME" for p in sorted(self._prefixes)]) or "(none)"
+            raise ValueError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
     def check(self, name: str, options: Mapping[str, Any] | None = None) -> list[str]:
         """Every problem with ``name`` and ``options`` (an empty list when both are valid); nothing is built."""
