@@ -17,6 +17,7 @@ from mollm.aggregators import Aggregator, available, get
 from mollm.aggregators._qp import _nonneg_pg, _simplex_pg, nonneg_qp, simplex_qp
 
 NAMES = ["linear", "mgda", "ds_mgda", "pcgrad", "cagrad", "upgrad"]
+FAMILY = ["gru", "ngdiff", "aligned_mtl", "dualproj", "imtl_g", "nash_mtl"]  # tests/test_aggregators_family.py
 PROPS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -100,8 +101,8 @@ def cos_with_d(j: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------- contract
 def test_registry_lists_all_and_returns_aggregators():
-    assert available() == sorted(NAMES)
-    for name in NAMES:
+    assert available() == sorted(NAMES + FAMILY)
+    for name in NAMES + FAMILY:
         agg = get(name)
         assert isinstance(agg, Aggregator) and agg.name == name
 
@@ -117,7 +118,8 @@ def test_output_dtype_device_shape(name):
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(ValueError, match="unknown aggregator 'nope'.*cagrad, ds_mgda, linear, mgda, pcgrad, upgrad"):
+    known = "aligned_mtl, cagrad, ds_mgda, dualproj, gru, imtl_g, linear, mgda, nash_mtl, ngdiff, pcgrad, upgrad"
+    with pytest.raises(ValueError, match=f"unknown aggregator 'nope'.*{known}"):
         get("nope")
 
 

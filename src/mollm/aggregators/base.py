@@ -3,11 +3,18 @@
 An aggregator maps the Gramian G = J Jᵀ of m objective gradients (G_ij = ⟨g_i, g_j⟩) to coefficients c, and the
 update direction is d = Jᵀc = Σ_i c_i g_i. Working on the m×m Gramian only keeps the solvers tiny and independent of
 the model size. Every aggregator solves in float64 on the CPU and returns c with the input's dtype and device.
+
+State: most aggregators are pure functions of G. A few carry state from one call to the next (``gru``'s moving
+averages, ``nash_mtl``'s reused weights, ``pcgrad``'s random generator); they advance it on every call. For exact
+checkpoint/resume, :meth:`Aggregator.state_dict` returns that state as JSON-safe values (numbers, lists, None) and
+:meth:`Aggregator.load_state_dict` restores it, so that save → load → next call gives the same coefficients as an
+uninterrupted run. Stateless aggregators return ``{}`` and accept only ``{}``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -44,9 +51,44 @@ class Aggregator(ABC):
     def _solve(self, gram: np.ndarray) -> np.ndarray:
         """Coefficients for a checked, symmetric float64 Gramian (m×m numpy array)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state carried between calls, as JSON-safe values (``{}``: stateless, the default)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (after a JSON round trip); a stateless aggregator accepts ``{}``."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"aggregator '{self.name}': state must be a mapping, got {type(state).__name__}")
+        if state:
+            raise ValueError(f"aggregator '{self.name}' is stateless; got state keys {sorted(state)}")
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
         return f"{type(self).__name__}({opts})"
+
+
+def check_state(name: str, state: Mapping[str, Any], keys: set[str]) -> Mapping[str, Any]:
+    """``state`` if it is a mapping with exactly ``keys`` (a ``ValueError`` naming the missing and unexpected ones)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"aggregator '{name}': state must be a mapping, got {type(state).__name__}")
+    missing, extra = keys - set(state), set(state) - keys
+    if missing or extra:
+        raise ValueError(
+            f"aggregator '{name}': state keys do not match (missing: {sorted(missing)}, unexpected: {sorted(extra)})"
+        )
+    return state
+
+
+def check_indices(v: Any) -> list[int]:
+    """``v`` if it is a non-empty list of distinct non-negative ints (a ``ValueError`` otherwise): objective indices in
+    options. Applied before pydantic's coercion, so "1", 1.0 and True are errors rather than index 1."""
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"must be a non-empty list of objective indices, got {v!r}")
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in v):
+        raise ValueError(f"objective indices must be non-negative ints, got {v!r}")
+    if len(set(v)) != len(v):
+        raise ValueError(f"objective indices must be distinct, got {v!r}")
+    return v
 
 
 def _check_gramian(gramian: torch.Tensor, name: str) -> np.ndarray:

@@ -4,16 +4,22 @@ For each objective i, in a fresh random order of the others j (torchjd's variant
 v (initially g_i) loses its projection onto g_j whenever ⟨v, g_j⟩ < 0; the projected vectors are summed. Every v
 is tracked as a coefficient vector w over the gradients (v = Jᵀw), so ⟨v, g_j⟩ = (Gw)_j and no parameter-sized
 vector is touched. Reduces conflict but does not guarantee G c ≥ 0.
+
+State: the generator (``state_dict()["generator"]``: its byte state as a list of ints), so a resumed run draws the
+same orders as an uninterrupted one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from mollm.aggregators._qp import normalise
-from mollm.aggregators.base import Aggregator, AggregatorOptions, register
+from mollm.aggregators.base import Aggregator, AggregatorOptions, check_state, register
 
 
 class PCGradOptions(AggregatorOptions):
@@ -37,12 +43,19 @@ class PCGrad(Aggregator):
         else:
             self.generator.manual_seed(self.options.seed)
 
-    def state_dict(self) -> dict[str, list[int]]:
-        """The generator's state, so a resumed run draws the same orders as an uninterrupted one."""
+    def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state().tolist()}
 
-    def load_state_dict(self, state: dict[str, list[int]]) -> None:
-        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        raw = check_state(self.name, state, {"generator"})["generator"]
+        current = self.generator.get_state()
+        if (
+            not isinstance(raw, list)
+            or len(raw) != current.numel()
+            or not all(isinstance(b, int) and 0 <= b < 256 for b in raw)
+        ):
+            raise ValueError(f"aggregator '{self.name}': state 'generator' must be {current.numel()} bytes (ints)")
+        self.generator.set_state(torch.tensor(raw, dtype=torch.uint8))
 
     def _solve(self, gram: np.ndarray) -> np.ndarray:
         m = gram.shape[0]
