@@ -9,7 +9,7 @@ in one :class:`~mollm.core.errors.ConfigError`, one line each, so a user fixes t
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,7 +198,7 @@ def build_plan(
             except ValueError as err:
                 problems.append(f"objectives.{i} ({oc.label}): {err}")
                 continue
-            examples = _encode(records, tokenizer, fmt, config.max_length, f"objectives.{i} ({oc.label})", problems)
+            examples = encode_records(records, tokenizer, fmt, config.max_length, f"objectives.{i} ({oc.label})", problems)
             samplers.append(Sampler(examples, oc.batch_size, sampler_seed(config.seed, i), pad_id))
     problems += hooks.problems(config)
     problems += _unserved(config, hooks)
@@ -278,14 +278,16 @@ def _inline_record(row: Any, where: str) -> QARecord:
     return QARecord(row["question"], row["answer"], source=f"config: {where}")
 
 
-def _encode(
-    records: list[QARecord],
+def encode_records(
+    records: Sequence[QARecord],
     tokenizer: PreTrainedTokenizerBase,
     fmt: PromptFormat,
     max_length: int,
     where: str,
     problems: list[str],
 ) -> list[dict[str, list[int]]]:
+    """Every record encoded; each one that cannot be (an answer cut away by ``max_length``, ...) is a problem appended
+    to ``problems`` (the first few, then a count), so all are reported at once."""
     examples, bad = [], []
     for r in records:
         try:

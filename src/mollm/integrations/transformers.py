@@ -37,10 +37,10 @@ from transformers import Trainer
 from mollm.core.device import model_device, to_device
 from mollm.core.errors import ConfigError, DataError
 from mollm.core.tokens import IGNORE_INDEX
-from mollm.data.encode import PromptFormat, encode_record
+from mollm.data.encode import PromptFormat
 from mollm.data.records import QARecord
 from mollm.engine.metrics_log import scalar_metrics, step_metrics
-from mollm.engine.plan import Sampler, sampler_seed
+from mollm.engine.plan import Sampler, encode_records, sampler_seed
 from mollm.engine.step import MultiObjectiveStep, StepStats, trainable_parameters
 from mollm.models.reference import Reference
 
@@ -52,7 +52,6 @@ __all__ = ["AGGREGATOR_STATE_FILE", "MultiObjectiveTrainer", "ObjectiveSpec"]
 log = logging.getLogger("mollm")
 
 AGGREGATOR_STATE_FILE = "mollm_aggregator.pt"  # in each checkpoint-N folder, for aggregators with a state_dict()
-_MAX_RECORD_PROBLEMS = 5
 
 
 @dataclass(frozen=True)
@@ -294,7 +293,7 @@ class MultiObjectiveTrainer(Trainer):
                     except ValueError as err:
                         problems.append(f"{where}: {err}")
                         continue
-                    examples = _encode(prepared, tokenizer, fmt, max_length, where, problems)
+                    examples = encode_records(prepared, tokenizer, fmt, max_length, where, problems)
                 else:
                     try:
                         examples = _tokenized(data, where)
@@ -503,26 +502,6 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase | None, model: torch.nn.Module) -
             if isinstance(value, int):
                 return value
     return 0
-
-
-def _encode(
-    records: Sequence[QARecord],
-    tokenizer: PreTrainedTokenizerBase,
-    fmt: PromptFormat,
-    max_length: int,
-    where: str,
-    problems: list[str],
-) -> list[dict[str, list[int]]]:
-    examples, bad = [], []
-    for r in records:
-        try:
-            examples.append(encode_record(r, tokenizer, fmt, max_length))
-        except ValueError as err:
-            bad.append(str(err))
-    problems += [f"{where}: {msg}" for msg in bad[:_MAX_RECORD_PROBLEMS]]
-    if len(bad) > _MAX_RECORD_PROBLEMS:
-        problems.append(f"{where}: ... and {len(bad) - _MAX_RECORD_PROBLEMS} more records with the same problem")
-    return examples
 
 
 def _ints(value: Any, where: str) -> list[int]:
