@@ -630,3 +630,33 @@ def test_ds_mgda_preference_scales_the_first_order_decrease_ratios_exactly(seed,
     others = [i for i in range(m) if i != f]
     np.testing.assert_allclose((d1[f] / d1[others]) / (d0[f] / d0[others]), factor, rtol=1e-6)
     assert d1[f] / d1.sum() > d0[f] / d0.sum()
+
+
+@PROPS
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(2, 5), f=st.integers(0, 4), factor=st.floats(1.5, 8.0))
+def test_preference_at_a_fixed_step_length_ds_mgda_versus_dualproj(seed, m, f, factor):
+    """At a fixed step length (what Adam sees), dualproj's preference is monotone — its direction maximises
+    ⟨Σ w_i g_i, d⟩ over unit d in the dual cone, so raising w_f never lowers objective f's decrease (revealed
+    preference) — while ds_mgda's is not: for aligned gradients more α_f can mean less decrease of f (example below)."""
+    f = f % m
+    rng = np.random.default_rng(seed)
+    j = rng.standard_normal((m, m + 3))
+    g = torch.tensor(j @ j.T)
+    base = np.ones(m)
+    more = base.copy()
+    more[f] *= factor
+    unit = []
+    for w in (base, more):
+        c = get("dualproj", preference=w.tolist())(g)
+        length = float(c @ g @ c) ** 0.5
+        unit.append(float((g @ c)[f]) / length if length > 0 else 0.0)
+    assert unit[1] >= unit[0] - 1e-9 * max(1.0, abs(unit[0]))
+
+
+def test_ds_mgda_more_preference_can_mean_less_progress_at_a_fixed_length():
+    # Two gradients 0.3 rad apart: at α = (1, 1) d lies between them and both decrease by 0.99 (unit norms, unit d);
+    # at α = (4, 1) d leans to the forget edge, which is nearly orthogonal to g_1: its decrease falls to 0.39.
+    j = torch.tensor([[1.0, 0.0], [math.cos(0.3), math.sin(0.3)]], dtype=torch.float64)
+    g = j @ j.T
+    even, skewed = (g @ get("ds_mgda", preference=p)(g) for p in ([1.0, 1.0], [4.0, 1.0]))
+    assert even[0] == pytest.approx(0.98877, abs=1e-4) and skewed[0] == pytest.approx(0.38643, abs=1e-4)
