@@ -56,6 +56,7 @@ def _demo_tree(work: Path) -> dict[str, Any]:
         run(load_config({**finetune_config(target), "overwrite": True}))
     tree = unlearn_config(work, target / "finetune" / "model")
     tree["name"] = "alpha_demo"
+    tree["sweep"] = {"x": "forget/probability", "y": "normal/nll"}
     tree["evaluation"] = {
         "before": False,
         "max_new_tokens": 12,
@@ -71,6 +72,7 @@ def _pku_tree(steps: int) -> dict[str, Any]:
         kind, _, rest = spec.partition(":")
         tree["data"][key] = f"{kind}:{data / rest.split('../shared/data/', 1)[1]}"
     tree.update(name="alpha_pku", steps=steps, checkpoint_every=10)
+    tree["sweep"] = {"x": "forget/nll", "y": "normal/kl"}
     tree["evaluation"] = {
         "before": False,
         "max_new_tokens": 32,

@@ -148,9 +148,12 @@ def test_the_cli(tmp_path, base):
     path = tmp_path / "c.yaml"
     tree = _tree(tmp_path, base, steps=1)
     tree["sweep"]["grid"] = {}
+    tree["sweep"]["x"] = "nll"  # ambiguous (forget/nll, retain/nll): the table is still written, with a note
     path.write_text(yaml.safe_dump(tree))
     got = CliRunner().invoke(app, ["sweep", str(path), "--grid", "optimizer.lr=1e-3,2e-3", "--set", "seed=3"])
     assert got.exit_code == 0, got.output
     assert "p00_lr=0.001: completed" in got.output and "p01_lr=0.002: completed" in got.output
     cfg = yaml.safe_load((tmp_path / "sweeps" / "s" / "runs" / "p00_lr=0.001" / "config.yaml").read_text())
     assert cfg["seed"] == 3
+    sweep_md = (tmp_path / "sweeps" / "s" / "sweep.md").read_text()
+    assert "p01_lr=0.002" in sweep_md and "No Pareto plot: metric 'nll' is ambiguous" in sweep_md

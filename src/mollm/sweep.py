@@ -222,10 +222,15 @@ def _write_tables(result: SweepResult, sweep: SweepConfig, keys: list[str]) -> N
         row["metrics"] = read_json_metrics(Path(row["run_dir"]) / "eval" / "after.json") or {}
     done = [Path(r["run_dir"]) for r in result.rows if Path(r["run_dir"], "eval").is_dir()]
     pareto: dict[str, bool] = {}
+    note = ""
     if done:
-        compare_runs(done, result.sweep_dir, sweep.x, sweep.y, sweep.x_direction, sweep.y_direction)
-        compared = json.loads((result.sweep_dir / "compare.json").read_text())
-        pareto = {Path(r["path"]).name: r["pareto"] for r in compared["runs"]}
+        try:
+            compare_runs(done, result.sweep_dir, sweep.x, sweep.y, sweep.x_direction, sweep.y_direction)
+        except ValueError as err:  # e.g. an ambiguous metric name: the table of finished runs is still written
+            note = f"\n> No Pareto plot: {err} (set sweep.x / sweep.y and run the sweep again: finished points are kept)\n"
+        else:
+            compared = json.loads((result.sweep_dir / "compare.json").read_text())
+            pareto = {Path(r["path"]).name: r["pareto"] for r in compared["runs"]}
     names = sorted({k for r in result.rows for k in r["metrics"]})
     header = ["run", *keys, "status", "pareto", *names]
     table = [
@@ -242,9 +247,9 @@ def _write_tables(result: SweepResult, sweep: SweepConfig, keys: list[str]) -> N
     md += ["| " + " | ".join(_cell(row[i]) for i in idx) + " |" for row in table]
     atomic_write_text(
         result.sweep_dir / "sweep.md",
-        f"# Sweep {result.sweep_dir.name}\n\n" + "\n".join(md) + "\n\nAll metrics: sweep.csv; Pareto plot: pareto.png\n",
+        f"# Sweep {result.sweep_dir.name}\n\n" + "\n".join(md) + "\n\nAll metrics: sweep.csv; Pareto plot: pareto.png\n" + note,
     )
-    atomic_write_json(result.sweep_dir / "sweep.json", {"keys": keys, "rows": result.rows})
+    atomic_write_json(result.sweep_dir / "sweep.json", {"keys": keys, "rows": result.rows, "note": note.strip()})
 
 
 def _cell(value: Any) -> str:
