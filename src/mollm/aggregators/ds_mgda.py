@@ -16,6 +16,17 @@ length is arbitrary.
 objective, and > 0 for every one of them when the active gradients are linearly independent and none is floored.
 Objectives below ``vanish_tol`` get coefficient 0 and no guarantee (their first-order change is negligible).
 
+What the preference α means (the definition, tested in ``tests/test_aggregators.py``): at full rank with no
+objective floored, (G c)_i = s · α_i / sqrt((G⁺)_ii) with one s > 0 for all i, so multiplying α_f by k multiplies
+objective f's first-order decrease *relative to every other objective's* by exactly k, and its share of the total
+decrease rises. That is the whole promise: the step length is then rescaled (``norm``), and at a fixed length the
+*absolute* decrease of f need not rise — for aligned gradients (acute angle) the edges are obtuse and more α_f tilts
+d towards an edge nearly orthogonal to g_f (two unit gradients 0.3 rad apart: f's decrease 0.99 at α = (1, 1), 0.39 at
+(4, 1)). Where a preference must be monotone at a fixed step length, ``dualproj`` with ``preference`` is (its
+direction maximises ⟨Σ w_i g_i, d⟩ over unit d in the dual cone). On PKU-SafeRLHF with MOLLM's three objectives,
+where the forget gradient conflicts with the others, α_forget 0.25 → 4 moved the forget-answer NLL (3.10 → 4.59),
+the KL cost (0.095 → 0.205) and forget's absolute first-order decrease monotonically (``bench/alpha_sweep.py``).
+
 Numerics and guards (the dual solve blows up where G is singular, which happens in practice):
 
 * ``vanish_tol``: an objective whose gradient norm is below ``vanish_tol`` × the largest norm is left out of the dual
