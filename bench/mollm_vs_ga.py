@@ -127,7 +127,7 @@ def main() -> None:
                 "checkpoint_every=0",
                 "evaluation.before=false",
                 "evaluation.every=0",
-                "evaluation.max_items=8",
+                "evaluation.after=false",  # evaluated below with the comparison suites
             ],
         )
         t0 = time.time()
