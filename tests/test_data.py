@@ -19,6 +19,7 @@ from mollm.data import (
     load_dataset_spec,
     load_records,
     make_facts,
+    pku_prompt_split,
     read_pku_labelled,
     read_pku_saferlhf,
     read_tofu,
@@ -334,6 +335,7 @@ def test_dataset_spec_kinds(tmp_path: Path) -> None:
     assert len(load_dataset_spec(f"pku:{PKU}")) == 295
     assert len(load_dataset_spec(f"pku:{PKU}#safe")) == 343
     assert load_dataset_spec("facts:forget") == make_facts().forget
+    assert len(load_dataset_spec(f"pku:{PKU}#unsafe_prompts")) == 166  # distinct prompts with an unsafe response
     assert load_dataset_spec("facts:retain#n_people=10,seed=3") == make_facts(10, 3).retain
     path = _write_jsonl(tmp_path / "d.jsonl", [json.dumps(r) for r in ROWS])
     assert load_dataset_spec(str(path)) == load_dataset_spec(f"file:{path}") == load_records(path)
@@ -349,6 +351,8 @@ def test_dataset_spec_kinds(tmp_path: Path) -> None:
         ("facts:forget#n_people=1", r"n_people must be at least 2"),
         (f"truthfulqa:{TRUTHFULQA}#dev", r"unknown TruthfulQA split 'dev'; expected train, val, test or all"),
         (f"pku:{PKU}#harmful", r"unknown PKU-SafeRLHF selection 'harmful'; expected unsafe, safe or all"),
+        (f"pku:{PKU}#unsafe/dev", r"unknown PKU-SafeRLHF prompt split 'dev'; expected train or test"),
+        (f"pku:{PKU}#unsafe/test@x", r"seed must be an integer, got 'x'"),
         (f"tofu:{TOFU / 'forget01.json'}#x", r"takes no '#x' option"),
         ("tofu:", r"nothing after 'tofu:'"),
         ("hf:someone/no-such-set#test", r"someone/no-such-set: .*Hugging Face dataset \(split 'test'\) failed"),
@@ -451,3 +455,18 @@ def test_encode_truncation(word_tokenizer) -> None:
     assert kept["labels"] == [-100] * 11 + [12]  # the answer's end is cut, its start kept
     with pytest.raises(DataError, match=r"d\.jsonl:4: field 'answer' leaves no answer token .*max_length=11"):
         encode_record(record, word_tokenizer, PromptFormat(), max_length=11)
+
+
+def test_pku_prompt_split_is_by_prompt_and_seeded() -> None:
+    train = load_dataset_spec(f"pku:{PKU}#unsafe/train")
+    test = load_dataset_spec(f"pku:{PKU}#unsafe/test")
+    assert len(train) + len(test) == 295
+    assert not {r.question for r in train} & {r.question for r in test}  # no prompt on both sides
+    every = {r.question for r in load_dataset_spec(f"pku:{PKU}#all")}
+    split = pku_prompt_split([r.question for r in load_dataset_spec(f"pku:{PKU}#all")])
+    assert split["train"] | split["test"] == every and len(split["train"]) == int(0.6 * len(every))
+    prompts = load_dataset_spec(f"pku:{PKU}#unsafe_prompts/test")
+    assert [r.question for r in prompts] == list(dict.fromkeys(r.question for r in test))  # each once, file order
+    other = load_dataset_spec(f"pku:{PKU}#unsafe/test@1")
+    assert {r.question for r in other} != {r.question for r in test}
+    assert [r.source for r in load_dataset_spec(f"pku:{PKU}#unsafe/test@0")] == [r.source for r in test]

@@ -10,6 +10,7 @@ from mollm.data.facts import ATTRIBUTES, FactSet, Person, make_facts
 from mollm.data.loading import ANSWER_FIELDS, QUESTION_FIELDS, load_hub_dataset, load_records
 from mollm.data.readers import (
     LabelledResponse,
+    pku_prompt_split,
     read_pku_labelled,
     read_pku_saferlhf,
     read_tofu,
@@ -39,6 +40,7 @@ __all__ = [
     "load_hub_dataset",
     "load_records",
     "make_facts",
+    "pku_prompt_split",
     "read_pku_labelled",
     "read_pku_saferlhf",
     "read_tofu",

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,8 @@ from mollm.data.records import QARecord
 
 TRUTHFULQA_SPLITS: tuple[str, ...] = ("train", "val", "test")
 TRUTHFULQA_FRACTIONS: tuple[float, float] = (0.7, 0.1)  # train, val; test is the rest
+PKU_PROMPT_SPLITS: tuple[str, ...] = ("train", "test")
+PKU_TRAIN_FRACTION = 0.6  # of the distinct prompts; test is the rest
 
 
 def read_tofu(path: str | Path, *, limit: int | None = None) -> list[QARecord]:
@@ -126,25 +129,61 @@ class LabelledResponse:
 
 
 def read_pku_saferlhf(
-    path: str | Path, *, which: Literal["unsafe", "safe", "all"] = "unsafe", limit: int | None = None
+    path: str | Path,
+    *,
+    which: Literal["unsafe", "safe", "all"] = "unsafe",
+    prompts: Literal["train", "test"] | None = None,
+    seed: int = 0,
+    one_per_prompt: bool = False,
+    limit: int | None = None,
 ) -> list[QARecord]:
     """Read PKU-SafeRLHF JSON Lines as (prompt, response) records, two per row.
 
     ``which="unsafe"`` (the forget set) keeps responses with ``is_response_X_safe == false``; ``"safe"`` the others;
     ``"all"`` both. ``source`` is ``"file:line:response_X"``; ``extra`` has ``is_safe``, ``response_index``,
     ``harm_category``, ``severity_level`` and the row's other fields that concern that response or the pair.
+
+    ``prompts`` keeps one side of a split **by prompt** (:func:`pku_prompt_split`), so that a model trained on the
+    ``train`` prompts is evaluated on ``test`` prompts it never saw. ``one_per_prompt`` keeps only the first kept
+    response of each distinct prompt: generation-based evaluation scores prompts, and a prompt with two unsafe
+    responses would otherwise count twice.
     """
     if which not in ("unsafe", "safe", "all"):
         raise ValueError(f"which must be 'unsafe', 'safe' or 'all', got {which!r}")
+    if prompts not in (None, *PKU_PROMPT_SPLITS):
+        raise ValueError(f"prompts must be one of {', '.join(PKU_PROMPT_SPLITS)} or None, got {prompts!r}")
+    items = _pku_items(path)
+    keep = pku_prompt_split([r.question for r in items], seed)[prompts] if prompts is not None else None
     out: list[QARecord] = []
-    for item in _pku_items(path):
+    seen: set[str] = set()
+    for item in items:
+        if keep is not None and item.question not in keep:
+            continue
+        if one_per_prompt and item.question in seen:
+            continue
         if which == "all" or (which == "safe") == item.extra["is_safe"]:
+            seen.add(item.question)
             out.append(item)
             if limit is not None and len(out) >= limit:
                 break
     if not out:
-        raise DataError(f"{path}: no {which} responses found")
+        where = f" among the {prompts} prompts (seed {seed})" if prompts is not None else ""
+        raise DataError(f"{path}: no {which} responses found{where}")
     return out
+
+
+def pku_prompt_split(questions: Sequence[str], seed: int = 0) -> dict[str, set[str]]:
+    """The seeded split of the distinct prompts into ``train`` (60 %) and ``test`` (the rest).
+
+    Distinct prompts, in order of first appearance, are permuted by ``torch.randperm`` with a generator seeded by
+    ``seed``; the first ``int(0.6 n)`` are ``train``. Both responses of a prompt land on the same side.
+    """
+    import torch
+
+    distinct = list(dict.fromkeys(questions))
+    n_train = int(PKU_TRAIN_FRACTION * len(distinct))
+    perm = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed)).tolist()
+    return {"train": {distinct[i] for i in perm[:n_train]}, "test": {distinct[i] for i in perm[n_train:]}}
 
 
 def read_pku_labelled(path: str | Path) -> list[LabelledResponse]:

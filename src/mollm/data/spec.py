@@ -9,6 +9,8 @@ spec                                            records
 ``truthfulqa:PATH[#train|val|test|all]``        TruthfulQA, one split of the seeded 70/10/20 split (default all);
                                                 ``#train@SEED`` picks the split's seed (default 0)
 ``pku:PATH[#unsafe|safe|all]``                  PKU-SafeRLHF responses (default ``unsafe``: the forget set)
+``pku:PATH#SELECTION/train|test[@SEED]``        one side of the seeded 60/40 split by prompt (seed 0 by default);
+                                                ``unsafe_prompts`` etc.: each distinct prompt once
 ``facts:forget|retain|all[#KEY=V,...]``         built-in fictitious facts (:func:`~mollm.data.facts.make_facts`);
                                                 keys ``n_people``, ``seed``, ``forget_fraction``
 ``hf:ID[#SPLIT]``                               a Hugging Face dataset (default split ``train``)
@@ -28,7 +30,7 @@ from mollm.core.errors import DataError
 from mollm.core.registry import Registry, first_paragraph
 from mollm.data.facts import make_facts
 from mollm.data.loading import load_hub_dataset, load_records
-from mollm.data.readers import read_pku_saferlhf, read_tofu, read_truthfulqa
+from mollm.data.readers import PKU_PROMPT_SPLITS, read_pku_saferlhf, read_tofu, read_truthfulqa
 from mollm.data.records import QARecord
 
 _Reader = Callable[[str, str, str, "dict[str, str | None]"], list[QARecord]]
@@ -62,13 +64,27 @@ def _truthfulqa(spec: str, argument: str, option: str, fields: dict[str, str | N
     return read_truthfulqa(argument, split, seed=seed)  # type: ignore[arg-type]
 
 
-@_kind("pku", "pku:PATH[#unsafe|safe|all]")
+@_kind("pku", "pku:PATH[#SELECTION[/train|test[@SEED]]]")
 def _pku(spec: str, argument: str, option: str, fields: dict[str, str | None]) -> list[QARecord]:
-    """PKU-SafeRLHF responses (default ``unsafe``: the forget set of harmful answers)."""
-    which = option or "unsafe"
+    """PKU-SafeRLHF responses: ``unsafe`` (default; the forget set), ``safe`` or ``all``; ``unsafe_prompts`` (etc.)
+    keeps each distinct prompt once (for generation-based evaluation); ``/train`` or ``/test`` keeps one side of the
+    seeded 60/40 split by prompt (seed 0, or ``@SEED``)."""
+    selection, _, split_text = (option or "unsafe").partition("/")
+    which, per_prompt = selection.removesuffix("_prompts"), selection.endswith("_prompts")
     if which not in ("unsafe", "safe", "all"):
-        raise DataError(f"data spec {spec!r}: unknown PKU-SafeRLHF selection {which!r}; expected unsafe, safe or all")
-    return read_pku_saferlhf(argument, which=which)  # type: ignore[arg-type]
+        raise DataError(
+            f"data spec {spec!r}: unknown PKU-SafeRLHF selection {selection!r}; expected unsafe, safe or all "
+            "(or unsafe_prompts, safe_prompts, all_prompts: each prompt once)"
+        )
+    prompts, seed = None, 0
+    if split_text:
+        prompts, _, seed_text = split_text.partition("@")
+        if prompts not in PKU_PROMPT_SPLITS:
+            raise DataError(f"data spec {spec!r}: unknown PKU-SafeRLHF prompt split {prompts!r}; expected train or test")
+        seed = _int(spec, "seed", seed_text) if seed_text else 0
+    return read_pku_saferlhf(  # type: ignore[arg-type]
+        argument, which=which, prompts=prompts, seed=seed, one_per_prompt=per_prompt
+    )
 
 
 @_kind("facts", "facts:forget|retain|all[#n_people=N,seed=S,forget_fraction=F]")
