@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo bench gpu-smoke clean
+.PHONY: test demo bench bench-harmful gpu-smoke clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_overhead.py
+
+# Issue #9's benchmarks (bench/README.md). Resumable: finished runs are cached in bench/results/ and skipped.
+bench-harmful: $(STAMP)
+	$(BIN)/python bench/harmful.py
 
 # On a CUDA machine: whatever CUDA build of torch is installed, no venv, nothing downloaded (bench/gpu_smoke.py).
 # Options through ARGS, e.g. make gpu-smoke ARGS="--model PATH --only fp32,lora".
