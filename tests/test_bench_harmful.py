@@ -102,3 +102,18 @@ def test_report_from_cached_points(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     report = (tmp_path / "report.md").read_text()
     assert "| ga | 0.0001 | 3 | 0.2 ± 0.1 |" in report
     assert (tmp_path / "tradeoff.png").stat().st_size > 0 and (tmp_path / "grad_norms.png").stat().st_size > 0
+
+
+def test_shipped_config_is_the_chosen_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harmful, "SHIPPED", {"npo": tmp_path / "harmful" / "npo.yaml"})
+    stats = {harmful.PRIMARY: (0.1, 0.05), "normal/nll": (2.0, 0.01)}
+    summary = {"chosen": {"npo": {"lr": 1e-4, "seeds": [0, 1, 2], "mean_sd": stats}, "ga": {"lr": None}}}
+    assert harmful.ship_configs(summary) == [tmp_path / "harmful" / "npo.yaml"]
+    monkeypatch.chdir(_PATH.parents[1])  # the shipped data paths are relative to the repository root
+    config = load_config(tmp_path / "harmful" / "npo.yaml")
+    validate(config)
+    bench = load_config(harmful.run_tree("npo", 1e-4, 0, tmp_path))
+    assert config.optimizer.lr == 1e-4 and config.steps == bench.steps and config.format == bench.format
+    assert config.objectives == bench.objectives and config.aggregator == bench.aggregator
+    assert config.max_length == bench.max_length
+    assert config.name == "npo" and "0.10 ± 0.05" in (tmp_path / "harmful" / "npo.yaml").read_text()

@@ -231,7 +231,7 @@ def test_shipped_configs_validate(tokenizer, monkeypatch):
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)
-    paths = sorted((root / "configs").glob("*.yaml"))
+    paths = sorted((root / "configs").glob("*.yaml")) + sorted((root / "configs" / "harmful").glob("*.yaml"))
     assert len(paths) >= 8
     for path in paths:
         if path.name.startswith("eval_"):
