@@ -40,13 +40,13 @@ PKU = DATA / "pku_saferlhf" / "sample.jsonl"
 TRUTHFULQA = DATA / "truthfulqa" / "TruthfulQA.csv"
 OUT = ROOT / "bench" / "results" / "harmful"
 
-STEPS = 30  # the 60 at max length 160 would not fit the ~4 h budget with 11 methods x 3 learning rates
+STEPS = 24  # the 60 at max length 160 would not fit the ~4 h budget with 11 methods x 3 learning rates
 MAX_LENGTH = 128
 BATCH = 4
 LRS = (1e-5, 3e-5, 1e-4)
 SEEDS = (0, 1, 2)
-N_EVAL = {"forget": 32, "unseen": 48, "normal": 48, "forget_answers": 32}  # prompts per suite
-MAX_NEW_TOKENS = 64
+N_EVAL = {"forget": 24, "unseen": 40, "normal": 32, "forget_answers": 32}  # prompts per suite
+MAX_NEW_TOKENS = 48
 
 _UCE = {"name": "forget", "loss": "uce", "data": "forget", "options": {"eps": 0.5}}
 _KL = {"name": "kl", "loss": "kl", "data": "normal"}
