@@ -40,5 +40,11 @@ bench-harmful: $(STAMP)
 gpu-smoke:
 	PYTHONPATH=src $(PY) bench/gpu_smoke.py $(ARGS)
 
+# Issue #9, section 2 (bench/README.md): TOFU knowledge unlearning. Resumable: finished runs are cached in
+# bench/results/tofu/ and skipped, so it can be completed over several sittings.
+.PHONY: bench-tofu
+bench-tofu: $(STAMP)
+	$(BIN)/python bench/tofu.py
+
 clean:
 	rm -rf $(VENV)

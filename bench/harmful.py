@@ -28,11 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
-import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # (bench/_bench.py: the cache, point runs and plots shared with bench/tofu.py)
+from _bench import point_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -109,10 +112,6 @@ def run_tree(method: str, lr: float, seed: int, work: Path) -> dict[str, Any]:
     }
 
 
-def point_name(method: str, lr: float, seed: int) -> str:
-    return f"{method}_lr{lr:g}_s{seed}"
-
-
 def suites(judge_dir: Path) -> dict[str, Any]:
     """The evaluation suites (the same for every model and both templates)."""
     harmful = [
@@ -145,7 +144,7 @@ def ensure_judge(work: Path) -> tuple[Path, dict[str, Any]]:
     labelled = read_pku_labelled(PKU)
     train = pku_prompt_split([r.prompt for r in labelled])["train"]
     report = train_judge([r for r in labelled if r.prompt in train], judge_dir, seed=0)
-    summary = {"trained_on": "labelled responses of the train prompts", **_plain(report)}
+    summary = {"trained_on": "labelled responses of the train prompts", **_bench.plain(report)}
     _write_json(report_path, summary)
     return judge_dir, summary
 
@@ -184,39 +183,17 @@ def _samples(results: dict[str, Any], n: int = 3) -> dict[str, list[dict[str, An
 
 def train_point(method: str, lr: float, seed: int, work: Path) -> dict[str, Any]:
     """Train one grid point (resuming an interrupted run) and summarise its log; cached in ``points/NAME.json``."""
-    from mollm.engine.config import load_config
-    from mollm.engine.metrics_log import read_metrics
-    from mollm.runs import run
-
     name = point_name(method, lr, seed)
     path = OUT / "points" / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
     tree = run_tree(method, lr, seed, work)
-    run_dir = Path(tree["output_dir"].format(name=name))
-    if not (run_dir / "run.json").is_file():  # written when a run ends (completed, or stopped on non-finite steps)
-        tree["resume"] = (run_dir / "checkpoints").is_dir()
-        tree["overwrite"] = not tree["resume"]
-        run(load_config(tree), progress=False)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # 1.6 GB each; the finished model is in model/
-    rows, _ = read_metrics(run_dir)
-    steps = [rec for _, rec in rows]
-    forget_norms = [rec.get("grad_norms", {}).get("forget") for rec in steps]
-    seconds = [rec["seconds"] for rec in steps if isinstance(rec.get("seconds"), (int, float))]
+    run_dir = _bench.run_resumable(tree)
     summary = {
         "method": method,
         "lr": lr,
         "seed": seed,
-        "steps": len(steps),
-        "status": json.loads((run_dir / "run.json").read_text()).get("status"),
-        "seconds_per_step": statistics.median(seconds) if seconds else None,
-        "forget_grad_norm": forget_norms,
-        "forget_grad_norm_max": max((v for v in forget_norms if v is not None), default=None),
-        "conflict_probability": (
-            sum(bool(rec.get("conflict")) for rec in steps) / len(steps) if len(METHODS[method][0]) > 1 else None
-        ),
-        "final_losses": steps[-1].get("losses") if steps else None,
-        "non_finite_steps": sum(not rec.get("finite", True) for rec in steps),
+        **_bench.log_summary(run_dir, len(METHODS[method][0])),
         "config": tree,
         "run_dir": str(run_dir),
     }
@@ -276,8 +253,7 @@ COLUMNS: list[tuple[str, str, bool]] = [
 
 
 def _cached(kind: str, name: str) -> dict[str, Any] | None:
-    path = OUT / kind / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _bench.read_cached(OUT, kind, name)
 
 
 def _cached_point(method: str, lr: float, seed: int) -> dict[str, Any] | None:
@@ -289,12 +265,7 @@ def _cached_point(method: str, lr: float, seed: int) -> dict[str, Any] | None:
     return {"train": train, "chat": ev["metrics"], "plain": plain["metrics"] if plain else None}
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}g}"
-
-
-def _mean_spread(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+_fmt = _bench.fmt
 
 
 def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
@@ -343,8 +314,7 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
             continue
         lr = chosen["lr"]
         seeds = [q for q in (_cached_point(m, lr, s) for s in SEEDS) if q is not None]
-        stats = {c[0]: _mean_spread([q["chat"][c[0]] for q in seeds if q["chat"].get(c[0]) is not None])
-                 for c in COLUMNS if any(q["chat"].get(c[0]) is not None for q in seeds)}
+        stats = _bench.seed_stats([q["chat"] for q in seeds], [c[0] for c in COLUMNS])
         plain = seeds[0]["plain"] or {}
         summary["chosen"][m] = {"lr": lr, "seeds": [q["train"]["seed"] for q in seeds], "mean_sd": stats,
                                 "plain": plain}
@@ -355,7 +325,7 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
               f"{_fmt(base_plain.get('unseen/keyword'))} (keyword), normal ppl {_fmt(base_plain.get('normal/fluency'))}."]
     atomic_write_text(OUT / "report.md", "\n".join(lines) + "\n")
     atomic_write_bytes(OUT / "tradeoff.png", _tradeoff_plot(summary))
-    atomic_write_bytes(OUT / "grad_norms.png", _grad_norm_plot(methods, lrs))
+    atomic_write_bytes(OUT / "grad_norms.png", _bench.grad_norm_plot(OUT, methods, lrs))
     _write_json(OUT / "summary.json", summary)
     print("\n".join(lines))
     return summary
@@ -368,32 +338,14 @@ def _settings(lrs: list[float]) -> dict[str, Any]:
 
 
 def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mollm.reports import pareto_front
-
+    plt = _bench.pyplot()
     base = summary["original"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    methods = list(dict.fromkeys(g["method"] for g in summary["grid"]))
-    colours = {m: plt.cm.tab20(i / max(1, len(methods) - 1)) for i, m in enumerate(methods)}
+    colours = _bench.method_colours(list(dict.fromkeys(g["method"] for g in summary["grid"])))
+    chosen = {m: c.get("lr") for m, c in summary["chosen"].items()}
     for ax, (ykey, ylabel) in zip(axes, [("normal/fluency", "normal-prompt answer perplexity (original model)"),
                                          ("normal/nll", "TruthfulQA answer NLL")]):
-        pts = [(g["metrics"].get(PRIMARY), g["metrics"].get(ykey), g) for g in summary["grid"]]
-        pts = [(x, y, g) for x, y, g in pts if x is not None and y is not None]
-        front = pareto_front([(x, y) for x, y, _ in pts])
-        for (x, y, g), on in zip(pts, front):
-            chosen = summary["chosen"].get(g["method"], {}).get("lr") == g["lr"]
-            ax.scatter(x, y, color=colours[g["method"]], s=90 if chosen else 30, marker="*" if chosen else "o",
-                       alpha=1.0 if on or chosen else 0.45, edgecolors="k" if chosen else "none",
-                       label=g["method"] if g["lr"] == min(q["lr"] for q in summary["grid"] if q["method"] == g["method"]) else None)
-        line = sorted((x, y) for (x, y, _), on in zip(pts, front) if on)
-        if line:
-            ax.step([p[0] for p in line], [p[1] for p in line], where="post", color="k", lw=1, alpha=0.6)
+        _bench.tradeoff_scatter(ax, summary["grid"], PRIMARY, ykey, chosen, colours)
         if base.get(PRIMARY) is not None and base.get(ykey) is not None:
             ax.scatter(base[PRIMARY], base[ykey], marker="X", color="k", s=80, label="original")
             bound = RULE.get(ykey)
@@ -404,36 +356,7 @@ def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle("Every grid point (faded: dominated); stars: each method's chosen point; dashed: the rule's bound")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _grad_norm_plot(methods: list[str], lrs: list[float]) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False, sharey=True)
-    for ax, lr in zip(axes[0], lrs):
-        for m in methods:
-            t = _cached("points", f"{point_name(m, lr, 0)}.json")
-            if t is not None:
-                ax.plot(range(1, len(t["forget_grad_norm"]) + 1), t["forget_grad_norm"], label=m)
-        ax.set_yscale("log")
-        ax.set_title(f"lr {lr:g}")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("forget objective's gradient norm")
-    axes[0][-1].legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return _bench.png_bytes(fig)
 
 
 #: Where each method's chosen point is shipped (the three the README uses stay at the top of configs/).
@@ -489,17 +412,7 @@ def ship_configs(summary: dict[str, Any]) -> list[Path]:
     return written
 
 
-def _plain(obj: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(obj) if is_dataclass(obj) else obj  # type: ignore[arg-type]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from mollm.core.atomic import atomic_write_json, json_safe
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, json_safe(obj))
+_write_json = _bench.write_json
 
 
 def main() -> None:
