@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo bench gpu-smoke clean
+.PHONY: test demo bench bench-perf gpu-smoke clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/step_overhead.py
+
+# Issue #9 §3: mollm's loop vs a Hugging Face Trainer, per-method cost, scaling (bench/perf.py; ~20 min on 2 cores).
+# Writes bench/results/perf_vs_trainer.json and perf.md; finished groups are cached (ARGS="--force" redoes them).
+bench-perf: $(STAMP)
+	$(BIN)/python bench/perf.py $(ARGS)
 
 # On a CUDA machine: whatever CUDA build of torch is installed, no venv, nothing downloaded (bench/gpu_smoke.py).
 # Options through ARGS, e.g. make gpu-smoke ARGS="--model PATH --only fp32,lora".
