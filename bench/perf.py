@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import math
 import os
@@ -1000,7 +1001,8 @@ def run_groups(settings: Settings, out: Path, *, only: Sequence[str] = GROUPS, f
                 else:
                     result = {"per_method": per_method, "scaling_objectives": scaling_objectives,
                               "scaling_length": scaling_length}[name](model, tokenizer, settings)
-                del model
+                del model, tokenizer
+            gc.collect()  # the Trainer and accelerate hold reference cycles: free this group's models now
             results["groups"][name] = {"settings": settings.group(name), "result": result,
                                        "wall_seconds": round(time.time() - t0, 1), "load_average_end": os.getloadavg()}
             summary(results)

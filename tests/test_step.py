@@ -343,6 +343,21 @@ def test_rows_filled_by_hooks_leave_backward_passes_outside_the_step_alone():
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
 
 
+def test_a_dropped_step_frees_its_buffer_though_its_hooks_are_on_the_models_parameters():
+    import weakref
+
+    model = _model()
+    step = MultiObjectiveStep(model, get_aggregator("linear"))
+    step(_closures(model))
+    buffer = weakref.ref(step._buffer)
+    model.zero_grad(set_to_none=True)  # the .grad views of the buffer
+    del step
+    assert buffer() is None  # the model lives on; the hooks it holds do not keep the step alive
+    assert all(not p._post_accumulate_grad_hooks for p in trainable_parameters(model))  # removed with the step
+    get_objective("nll")(model, _batch(5)).backward()
+    assert all(p.grad is not None for p in trainable_parameters(model))
+
+
 def test_max_norm_clips_like_clip_grad_norm():
     model = _model()
     params = trainable_parameters(model)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -211,8 +212,7 @@ class MultiObjectiveStep:
         dtype = self.grad_dtype or params[0].dtype
         signature = (m, tuple((id(p), tuple(p.shape)) for p in params), params[0].dtype, dtype, params[0].device)
         if signature != self._signature:
-            for handle in self._hooks:
-                handle.remove()
+            _remove_hooks(self._hooks)
             self._buffer, self._row_views, self._row_grads, self._hooks = None, [], [], []  # free the old buffer first
             locals_ = [_local(p) for p in params]
             n = sum(t.numel() for t in locals_)
@@ -227,18 +227,24 @@ class MultiObjectiveStep:
             self._buffer, self._params, self._signature = buffer, params, signature
             if not self._in_place:
                 self._hooks = [p.register_post_accumulate_grad_hook(self._copy_hook(k)) for k, p in enumerate(params)]
+                # The hooks live on the parameters and see the step only weakly, so a step (and its buffer) that is
+                # no longer used is freed with it, not kept alive by the model; its hooks go then too.
+                weakref.finalize(self, _remove_hooks, self._hooks)
         return self._params
 
     def _copy_hook(self, k: int) -> Callable[[torch.Tensor], None]:
+        step_ref = weakref.ref(self)
+
         def hook(param: torch.Tensor) -> None:
-            if self._active_row is None or param.grad is None:  # a backward outside this step: leave it alone
+            step = step_ref()
+            if step is None or step._active_row is None or param.grad is None:  # a backward outside this step
                 return
-            view = self._row_views[self._active_row][k]
-            if self._written[k]:
+            view = step._row_views[step._active_row][k]
+            if step._written[k]:
                 view.add_(_local(param.grad))  # a later backward into the same row (micro-batches)
             else:
                 view.copy_(_local(param.grad))  # the row is not zeroed beforehand: the first gradient overwrites it
-                self._written[k] = True
+                step._written[k] = True
             param.grad = None  # one parameter's gradient at a time, never a second copy of all of them
 
         return hook
@@ -401,6 +407,12 @@ class MultiObjectiveStep:
             if g is not None and old_range is not None and old_range[0] <= _local(g).data_ptr() < old_range[1]:
                 g = None  # a view of the (reused) buffer from our previous call: its content is gone
             p.grad = g
+
+
+def _remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
 
 
 def _is_shard(tensor: torch.Tensor) -> bool:
