@@ -31,7 +31,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/step_overhead.py
 
-# Issue #9 §3: mollm's loop vs a Hugging Face Trainer, per-method cost, scaling (bench/perf.py; ~20 min on 2 cores).
+# Issue #9 §3: mollm's loop vs a Hugging Face Trainer, per-method cost, scaling (bench/perf.py; ~23 min on 2 cores).
 # Writes bench/results/perf_vs_trainer.json and perf.md; finished groups are cached (ARGS="--force" redoes them).
 bench-perf: $(STAMP)
 	$(BIN)/python bench/perf.py $(ARGS)

@@ -47,7 +47,7 @@ same settings, ``--force`` redoes them, ``--only`` picks some):
 Writes ``bench/results/perf_vs_trainer.json`` (``ratios.linear_vs_trainer``, ``ratios.ds_mgda_vs_trainer`` and
 every group with its settings) and ``bench/results/perf.md``. Usage: ``make bench-perf`` or
 ``python bench/perf.py [--force] [--only loop_vs_trainer,per_method] [--threads N]`` (default: 1 torch thread,
-see ``Settings.threads``). The default settings take about 20 minutes on this 2-core machine.
+see ``Settings.threads``). The default settings took 23 minutes on this 2-core machine (another job running).
 """
 
 from __future__ import annotations
@@ -925,7 +925,12 @@ def markdown(results: dict[str, Any]) -> str:
             wtxt = f"{w['cosine']:.6f}, {w['relative_distance']:.2e}" if w else "—"
             lines.append(f"| {n} | {sec:.2f} | {r['tokens_per_second'][n]:.0f} | "
                          f"{'1 (reference)' if ratio is None else f'{ratio:.3f}'} | {wtxt} |")
-        lines += ["", "Median parts of a step (s): " + "; ".join(
+        lines += ["", ("`linear_unfused`: mollm's loop with `optimizer.fused: false` (torch's per-weight AdamW loop, "
+                       "the engine's optimizer before it switched to the fused kernel). A step is one whole iteration "
+                       "of each loop; ratios are medians over rounds of (contender's mean step) / (Trainer's) in "
+                       "the same round: " + "; ".join(f"{k} {[round(x, 3) for x in v]}"
+                                                      for k, v in r.get("per_round_ratios", {}).items()) + "."),
+                  "", "Median parts of a step (s): " + "; ".join(
             f"{n}: " + ", ".join(f"{k} {v:.2f}" for k, v in p.items()) for n, p in r["median_parts_seconds"].items()),
             ""]
     if "per_method" in g:
@@ -980,7 +985,7 @@ def run_groups(settings: Settings, out: Path, *, only: Sequence[str] = GROUPS, f
     results.setdefault("benchmark", "perf")
     results.setdefault("groups", {})
     results["settings"] = asdict(settings)
-    results["machine"] = machine()
+    results.setdefault("machine", machine())
     factory = model_factory or (lambda: load(settings.model))
     own_work = work is None
     work = work or Path(tempfile.mkdtemp(prefix="mollm_perf_"))
@@ -991,6 +996,7 @@ def run_groups(settings: Settings, out: Path, *, only: Sequence[str] = GROUPS, f
                 print(f"{name}: cached, skipped (--force to redo)", file=sys.stderr)
                 continue
             torch.manual_seed(settings.seed)
+            results["machine"] = machine()  # of the latest group run (each group also keeps its end load average)
             t0 = time.time()
             if name == "memory":
                 result = memory(settings)
