@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test demo bench bench-harmful gpu-smoke clean
+.PHONY: test demo bench bench-harmful bench-tofu bench-perf gpu-smoke clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 bench-harmful: $(STAMP)
 	$(BIN)/python bench/harmful.py
 
+# Issue #9 §3: mollm's loop vs a Hugging Face Trainer, per-method cost, scaling (bench/perf.py; ~23 min on 2 cores).
+# Writes bench/results/perf_vs_trainer.json and perf.md; finished groups are cached (ARGS="--force" redoes them).
+bench-perf: $(STAMP)
+	$(BIN)/python bench/perf.py $(ARGS)
+
 # On a CUDA machine: whatever CUDA build of torch is installed, no venv, nothing downloaded (bench/gpu_smoke.py).
 # Options through ARGS, e.g. make gpu-smoke ARGS="--model PATH --only fp32,lora".
 gpu-smoke:
@@ -42,7 +47,6 @@ gpu-smoke:
 
 # Issue #9, section 2 (bench/README.md): TOFU knowledge unlearning. Resumable: finished runs are cached in
 # bench/results/tofu/ and skipped, so it can be completed over several sittings.
-.PHONY: bench-tofu
 bench-tofu: $(STAMP)
 	$(BIN)/python bench/tofu.py
 

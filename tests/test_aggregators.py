@@ -468,15 +468,11 @@ def test_cagrad_hand_example():
 
 
 def _project_dual_cone(jn: np.ndarray, gi: np.ndarray) -> np.ndarray:
-    res = scipy.optimize.minimize(
-        lambda x: float(np.sum((x - gi) ** 2)),
-        gi.copy(),
-        jac=lambda x: 2 * (x - gi),
-        constraints=[{"type": "ineq", "fun": lambda x: jn @ x, "jac": lambda x: jn}],
-        method="SLSQP",
-        options={"ftol": 1e-14, "maxiter": 1000},
-    )
-    return res.x
+    """Projection of g_i onto {x : J x >= 0}, in the primal space, by an exact active-set method: by the KKT
+    conditions x = g_i + Jᵀλ with λ >= 0 minimising ‖Jᵀλ + g_i‖, a non-negative least-squares problem. (An SLSQP
+    solve of the primal was the oracle before; it missed by ~1e-5 where the cone is nearly degenerate.)"""
+    lam, _ = scipy.optimize.nnls(jn.T, -gi, maxiter=10_000)
+    return gi + jn.T @ lam
 
 
 @settings(max_examples=25, deadline=None)

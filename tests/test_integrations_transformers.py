@@ -33,7 +33,7 @@ def _args(tmp_path, **over):
         output_dir=str(tmp_path / "trainer"),
         learning_rate=1e-3,
         lr_scheduler_type="constant",
-        optim="adamw_torch",  # the optimizer `mollm unlearn` uses (the Trainer's default is the fused kernel)
+        optim="adamw_torch_fused",  # what `mollm unlearn` uses on CPU and CUDA (the Trainer's default, torch >= 2.8)
         max_grad_norm=1.0,
         weight_decay=0.0,
         logging_steps=1,

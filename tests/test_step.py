@@ -326,6 +326,38 @@ def test_bfloat16_rows_leave_backward_passes_outside_the_step_alone():
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in params)
 
 
+def test_rows_filled_by_hooks_leave_backward_passes_outside_the_step_alone():
+    """The rows are filled by post-accumulate hooks (no zeroing pass); a plain backward between steps is untouched."""
+    import copy
+
+    model = _model()
+    params = trainable_parameters(model)
+    step = MultiObjectiveStep(params, get_aggregator("mgda"))
+    step(_closures(model))
+    twin = copy.deepcopy(model)
+    model.zero_grad(set_to_none=True)
+    get_objective("nll")(model, _batch(5)).backward()
+    get_objective("nll")(twin, _batch(5)).backward()
+    for p, q in zip(params, trainable_parameters(twin), strict=True):
+        assert p.grad is not None and p.grad.data_ptr() != step._buffer.data_ptr()
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+
+
+def test_a_dropped_step_frees_its_buffer_though_its_hooks_are_on_the_models_parameters():
+    import weakref
+
+    model = _model()
+    step = MultiObjectiveStep(model, get_aggregator("linear"))
+    step(_closures(model))
+    buffer = weakref.ref(step._buffer)
+    model.zero_grad(set_to_none=True)  # the .grad views of the buffer
+    del step
+    assert buffer() is None  # the model lives on; the hooks it holds do not keep the step alive
+    assert all(not p._post_accumulate_grad_hooks for p in trainable_parameters(model))  # removed with the step
+    get_objective("nll")(model, _batch(5)).backward()
+    assert all(p.grad is not None for p in trainable_parameters(model))
+
+
 def test_max_norm_clips_like_clip_grad_norm():
     model = _model()
     params = trainable_parameters(model)

@@ -86,10 +86,23 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, total: int):
     return get_scheduler(name, optimizer, num_warmup_steps=config.schedule.warmup_steps, num_training_steps=total)
 
 
+def _fused_adamw_applies(params: list[torch.nn.Parameter]) -> bool:
+    """AdamW's fused kernel fits: unsharded (not FSDP2 DTensor) floating-point weights on CPU or CUDA devices."""
+    from mollm.engine.step import _is_shard
+
+    return bool(params) and all(
+        not _is_shard(p) and p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
+
+
 def _optimizer(params: list[torch.nn.Parameter], config: RunConfig) -> torch.optim.Optimizer:
     o = config.optimizer
     if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas)
+        fused = _fused_adamw_applies(params) if o.fused is None else o.fused
+        # fused=None (not False) otherwise: torch then picks its default (foreach on CUDA, a loop on CPU).
+        return torch.optim.AdamW(
+            params, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas, fused=True if fused else None
+        )
     return torch.optim.SGD(params, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum)
 
 

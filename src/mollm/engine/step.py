@@ -4,9 +4,11 @@ How it stays as cheap as one backward pass of the summed loss (numbers in ``shar
 
 * Each objective's forward + backward runs one after the other, so only one autograd graph is alive at a time.
 * All per-objective gradients live in ONE preallocated flat buffer of shape (m, n) (n = number of trainable
-  scalars). Before objective i's backward, every trainable parameter's ``.grad`` is pointed at a view of row i;
-  autograd then accumulates in place into that row (``grad += new``), so there is no ``torch.cat`` of flattened
-  gradients and no unflattening afterwards.
+  scalars). During objective i's backward, a post-accumulate hook copies each parameter's gradient into its view of
+  row i as soon as it is ready and drops it (later contributions, e.g. micro-batches, are added), so there is no
+  ``torch.cat`` of flattened gradients, no unflattening afterwards and no pass zeroing the buffer (only the slices of
+  parameters an objective does not reach are zeroed). FSDP2 shards instead point ``.grad`` at a view of row i, zeroed
+  first, and the reduce-scatter accumulates straight into it.
 * The Gramian G = B Bᵀ is a few small matrix products over column chunks, summed in float64 (a single float32
   product over 10⁸ columns loses ~3 % of relative accuracy), and the aggregator solves on the m × m matrix.
 * The combined gradient d = Σ c_i g_i is formed in place in the last row, which the parameters' ``.grad`` already
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -174,8 +177,9 @@ class MultiObjectiveStep:
         self._buffer: torch.Tensor | None = None
         self._row_views: list[list[torch.Tensor]] = []  # local (shard) views of each row, one per parameter
         self._row_grads: list[list[torch.Tensor]] = []  # what .grad is set to for row i (DTensor-wrapped shards)
-        self._hooks: list[Any] = []  # post-accumulate hooks when the buffer dtype differs from the parameters'
+        self._hooks: list[Any] = []  # post-accumulate hooks copying gradients into the rows (all but in-place shards)
         self._active_row: int | None = None
+        self._written: list[bool] = []  # which parameters' slices of the active row hold this step's gradient
 
     @property
     def buffer_bytes(self) -> int:
@@ -183,9 +187,15 @@ class MultiObjectiveStep:
         return 0 if self._buffer is None else self._buffer.numel() * self._buffer.element_size()
 
     @property
-    def _in_place(self) -> bool:
-        """Autograd (or FSDP's reduce-scatter) accumulates straight into the rows: buffer and weights share a dtype."""
+    def _same_dtype(self) -> bool:
+        """Buffer and weights share a dtype: the combined row is exposed as ``.grad`` without a conversion."""
         return self._buffer is not None and self._buffer.dtype == self._params[0].dtype
+
+    @property
+    def _in_place(self) -> bool:
+        """FSDP2 shards whose dtype the rows share: the reduce-scatter accumulates straight into the (zeroed) rows.
+        Everything else fills the rows from post-accumulate hooks (:meth:`_copy_hook`)."""
+        return self._same_dtype and _is_shard(self._params[0])
 
     def _prepare(self, m: int) -> list[torch.nn.Parameter]:
         """Collect the trainable parameters and (re)allocate the (m, n) buffer and its per-row views if needed."""
@@ -202,8 +212,7 @@ class MultiObjectiveStep:
         dtype = self.grad_dtype or params[0].dtype
         signature = (m, tuple((id(p), tuple(p.shape)) for p in params), params[0].dtype, dtype, params[0].device)
         if signature != self._signature:
-            for handle in self._hooks:
-                handle.remove()
+            _remove_hooks(self._hooks)
             self._buffer, self._row_views, self._row_grads, self._hooks = None, [], [], []  # free the old buffer first
             locals_ = [_local(p) for p in params]
             n = sum(t.numel() for t in locals_)
@@ -218,27 +227,46 @@ class MultiObjectiveStep:
             self._buffer, self._params, self._signature = buffer, params, signature
             if not self._in_place:
                 self._hooks = [p.register_post_accumulate_grad_hook(self._copy_hook(k)) for k, p in enumerate(params)]
+                # The hooks live on the parameters and see the step only weakly, so a step (and its buffer) that is
+                # no longer used is freed with it, not kept alive by the model; its hooks go then too.
+                weakref.finalize(self, _remove_hooks, self._hooks)
         return self._params
 
     def _copy_hook(self, k: int) -> Callable[[torch.Tensor], None]:
+        step_ref = weakref.ref(self)
+
         def hook(param: torch.Tensor) -> None:
-            if self._active_row is None or param.grad is None:  # a backward outside this step: leave it alone
+            step = step_ref()
+            if step is None or step._active_row is None or param.grad is None:  # a backward outside this step
                 return
-            self._row_views[self._active_row][k].add_(_local(param.grad))
-            param.grad = None  # one parameter's gradient at a time in the weights' dtype, never all of them
+            view = step._row_views[step._active_row][k]
+            if step._written[k]:
+                view.add_(_local(param.grad))  # a later backward into the same row (micro-batches)
+            else:
+                view.copy_(_local(param.grad))  # the row is not zeroed beforehand: the first gradient overwrites it
+                step._written[k] = True
+            param.grad = None  # one parameter's gradient at a time, never a second copy of all of them
 
         return hook
 
     def _bind_row(self, params: list[torch.nn.Parameter], i: int) -> None:
         """Make objective i's backward land in row i."""
         self._active_row = i
+        self._written = [False] * len(params)
         for p, g in zip(params, self._row_grads[i]):
             p.grad = g if self._in_place else None
+
+    def _finish_row(self, i: int) -> None:
+        """Zero the slices of row i that no gradient reached (parameters the objective does not depend on)."""
+        if not self._in_place:
+            for view, written in zip(self._row_views[i], self._written):
+                if not written:
+                    view.zero_()
 
     def _expose_result(self, params: list[torch.nn.Parameter], m: int) -> None:
         """Point every ``.grad`` at the combined row (converted to the weights' dtype when the buffer's differs)."""
         for p, g in zip(params, self._row_grads[m - 1]):
-            p.grad = g if self._in_place else _like_param(_local(g).to(p.dtype), p)
+            p.grad = g if self._same_dtype else _like_param(_local(g).to(p.dtype), p)
 
     def _names(self, m: int) -> list[str]:
         if self.names is None:
@@ -287,7 +315,8 @@ class MultiObjectiveStep:
         names: list[str],
     ) -> StepStats:
         m = len(loss_closures)
-        buffer.zero_()
+        if self._in_place:
+            buffer.zero_()  # FSDP's reduce-scatter accumulates into the rows; the hooks overwrite them instead
         losses: list[float | None] = [None] * m
         timings: dict[str, float] = {}
         reduction = self.reduction
@@ -323,6 +352,7 @@ class MultiObjectiveStep:
             else:
                 loss.backward(inputs=params)  # inputs=: never accumulate into parameters outside this step
             del loss  # free the graph's outputs before the next objective's forward
+            self._finish_row(i)
             if reduction is not None:
                 waits.append(reduction.start_row(buffer[i]))  # overlaps with the next objective's compute
         self._active_row = None
@@ -377,6 +407,12 @@ class MultiObjectiveStep:
             if g is not None and old_range is not None and old_range[0] <= _local(g).data_ptr() < old_range[1]:
                 g = None  # a view of the (reused) buffer from our previous call: its content is gone
             p.grad = g
+
+
+def _remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
 
 
 def _is_shard(tensor: torch.Tensor) -> bool:
