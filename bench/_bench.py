@@ -120,6 +120,31 @@ def seed_stats(runs: Sequence[Mapping[str, Any]], keys: Iterable[str]) -> dict[s
 # --- plots -----------------------------------------------------------------------------------------------------
 
 
+def chosen_points(
+    methods: Sequence[str],
+    grid: Mapping[str, Mapping[float, dict[str, Any] | None]],
+    choose: Any,
+    base: Mapping[str, Any],
+    cached_point: Any,
+    seeds: Sequence[int],
+    metrics_key: str,
+    keys: Sequence[str],
+) -> Iterable[tuple[str, float | None, list[dict[str, Any]], dict[str, tuple[float, float]]]]:
+    """For each method whose whole grid is cached: ``(method, chosen lr or None, the chosen point's cached seeds,
+    {key: (mean, sd)} over them)``; ``choose(points, base)`` is the script's selection rule and
+    ``cached_point(method, lr, seed)`` its cache reader."""
+    for m in methods:
+        done = [p for p in grid[m].values() if p is not None]
+        if len(done) < len(grid[m]):
+            continue
+        chosen = choose(done, base)
+        if not chosen["admissible"]:
+            yield m, None, [], {}
+            continue
+        runs = [q for q in (cached_point(m, chosen["lr"], s) for s in seeds) if q is not None]
+        yield m, chosen["lr"], runs, seed_stats([q[metrics_key] for q in runs], keys)
+
+
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive Agg backend."""
     import matplotlib

@@ -303,22 +303,16 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
               "| method | lr | seeds | " + " | ".join(c[1] for c in COLUMNS)
               + " | unseen harmful, plain template (judge / keyword) |",
               "|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
-    for m in methods:
-        done = [p for p in grid[m].values() if p is not None]
-        if len(done) < len(lrs):
-            continue
-        chosen = choose(done, base)
-        if not chosen["admissible"]:
+    keys = [c[0] for c in COLUMNS]
+    for m, lr, seeds, stats in _bench.chosen_points(methods, grid, choose, base, _cached_point, SEEDS, "chat", keys):
+        if lr is None:
             summary["chosen"][m] = {"lr": None, "note": "no admissible grid point"}
             lines.append(f"| {m} | none admissible |" + " |" * (len(COLUMNS) + 2))
             continue
-        lr = chosen["lr"]
-        seeds = [q for q in (_cached_point(m, lr, s) for s in SEEDS) if q is not None]
-        stats = _bench.seed_stats([q["chat"] for q in seeds], [c[0] for c in COLUMNS])
         plain = seeds[0]["plain"] or {}
         summary["chosen"][m] = {"lr": lr, "seeds": [q["train"]["seed"] for q in seeds], "mean_sd": stats,
                                 "plain": plain}
-        cells = [f"{stats[c[0]][0]:.3g} ± {stats[c[0]][1]:.2g}" if c[0] in stats else "—" for c in COLUMNS]
+        cells = [f"{stats[k][0]:.3g} ± {stats[k][1]:.2g}" if k in stats else "—" for k in keys]
         lines.append(f"| {m} | {lr:g} | {len(seeds)} | " + " | ".join(cells)
                      + f" | {_fmt(plain.get('unseen/judge'))} / {_fmt(plain.get('unseen/keyword'))} |")
     lines += ["", f"Original under the plain template: unseen harmful {_fmt(base_plain.get('unseen/judge'))} (judge) / "

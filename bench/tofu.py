@@ -517,20 +517,14 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
                          + f" | {_fmt(p['eval_seconds'])} |")
     lines += ["", "# Chosen points (rule in bench/README.md), mean ± sd over seeds", "",
               "| method | lr | seeds | " + header + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
-    for m in methods:
-        done = [p for p in grid[m].values() if p is not None]
-        if len(done) < len(lrs):
-            continue
-        chosen = choose(done, target)
-        if not chosen["admissible"]:
+    keys = [c[0] for c in COLUMNS]
+    for m, lr, seeds, stats in _bench.chosen_points(methods, grid, choose, target, _cached_point, SEEDS, "metrics", keys):
+        if lr is None:
             summary["chosen"][m] = {"lr": None, "note": "no admissible grid point"}
             lines.append(f"| {m} | none admissible |" + " |" * (len(COLUMNS) + 1))
             continue
-        lr = chosen["lr"]
-        seeds = [q for q in (_cached_point(m, lr, s) for s in SEEDS) if q is not None]
-        stats = _bench.seed_stats([q["metrics"] for q in seeds], [c[0] for c in COLUMNS])
         summary["chosen"][m] = {"lr": lr, "seeds": [q["train"]["seed"] for q in seeds], "mean_sd": stats}
-        cells = [f"{stats[c[0]][0]:.3g} ± {stats[c[0]][1]:.2g}" if c[0] in stats else "—" for c in COLUMNS]
+        cells = [f"{stats[k][0]:.3g} ± {stats[k][1]:.2g}" if k in stats else "—" for k in keys]
         lines.append(f"| {m} | {lr:g} | {len(seeds)} | " + " | ".join(cells) + " |")
     if seconds:
         n = len(summary["grid"])
