@@ -71,8 +71,10 @@ def run_resumable(tree: dict[str, Any]) -> Path:
 
 def log_summary(run_dir: Path, n_objectives: int, forget: str = "forget") -> dict[str, Any]:
     """What a run's training log says: steps, end status, median seconds per step, the ``forget`` objective's
-    gradient-norm trajectory and maximum, the conflict probability (share of steps where two objectives' gradients
-    point against each other; None for one objective), the last step's losses and the non-finite steps."""
+    gradient-norm trajectory and maximum, the conflict probability (share of steps whose direction raised some
+    objective to first order: the log's ``conflict``), the gradient-conflict probability (share of steps where two
+    objectives' gradients had a negative cosine; both None for one objective), the last step's losses and the
+    non-finite steps."""
     from mollm.engine.metrics_log import read_metrics
 
     rows, _ = read_metrics(run_dir)
@@ -87,6 +89,10 @@ def log_summary(run_dir: Path, n_objectives: int, forget: str = "forget") -> dic
         "forget_grad_norm_max": max((v for v in forget_norms if v is not None), default=None),
         "conflict_probability": (
             sum(bool(rec.get("conflict")) for rec in steps) / len(steps) if n_objectives > 1 and steps else None
+        ),
+        "gradient_conflict_probability": (
+            sum(any(v < 0 for v in (rec.get("cosines") or {}).values()) for rec in steps) / len(steps)
+            if n_objectives > 1 and steps else None
         ),
         "final_losses": steps[-1].get("losses") if steps else None,
         "non_finite_steps": sum(not rec.get("finite", True) for rec in steps),

@@ -261,6 +261,11 @@ def _cached_point(method: str, lr: float, seed: int) -> dict[str, Any] | None:
     train, ev = _cached("points", f"{name}.json"), _cached("evals", f"{name}.chat.json")
     if train is None or ev is None:
         return None
+    run_dir = Path(train.get("run_dir", ""))
+    if "gradient_conflict_probability" not in train and (run_dir / "metrics.jsonl").is_file():
+        # points cached before the summary had it: read it from the run's log, once
+        train.update(_bench.log_summary(run_dir, len(METHODS[method][0])))
+        _write_json(OUT / "points" / f"{name}.json", train)
     plain = _cached("evals", f"{name}.plain.json")
     return {"train": train, "chat": ev["metrics"], "plain": plain["metrics"] if plain else None}
 
@@ -281,24 +286,25 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
                                "grid": [], "chosen": {}}
     lines = ["# Harmful-behaviour unlearning: every grid point (seed 0, chat template)", "",
              "| method | lr | admissible | " + " | ".join(c[1] for c in COLUMNS)
-             + " | max forget grad norm | conflict prob. | s/step |",
-             "|---|---|---|" + "---|" * (len(COLUMNS) + 3),
-             "| original | — | — | " + " | ".join(_fmt(base.get(c[0])) for c in COLUMNS) + " | — | — | — |"]
+             + " | max forget grad norm | step raises an objective | gradients conflict | s/step |",
+             "|---|---|---|" + "---|" * (len(COLUMNS) + 4),
+             "| original | — | — | " + " | ".join(_fmt(base.get(c[0])) for c in COLUMNS) + " | — | — | — | — |"]
     for m in methods:
         for lr, p in grid[m].items():
             if p is None:
-                lines.append(f"| {m} | {lr:g} | not run yet |" + " |" * (len(COLUMNS) + 3))
+                lines.append(f"| {m} | {lr:g} | not run yet |" + " |" * (len(COLUMNS) + 4))
                 continue
             ok = admissible(p["chat"], base)
             t = p["train"]
             summary["grid"].append({"method": m, "lr": lr, "admissible": ok, "metrics": p["chat"],
                                     "forget_grad_norm_max": t["forget_grad_norm_max"],
                                     "conflict_probability": t["conflict_probability"],
+                                    "gradient_conflict_probability": t.get("gradient_conflict_probability"),
                                     "seconds_per_step": t["seconds_per_step"], "status": t["status"]})
             flag = "yes" if all(ok.values()) else "no (" + ", ".join(k for k, v in ok.items() if not v) + ")"
             lines.append(f"| {m} | {lr:g} | {flag} | " + " | ".join(_fmt(p["chat"].get(c[0])) for c in COLUMNS)
                          + f" | {_fmt(t['forget_grad_norm_max'])} | {_fmt(t['conflict_probability'], 2)}"
-                         + f" | {_fmt(t['seconds_per_step'])} |")
+                         + f" | {_fmt(t.get('gradient_conflict_probability'), 2)} | {_fmt(t['seconds_per_step'])} |")
     lines += ["", "# Chosen points (rule in bench/README.md), mean ± sd over seeds", "",
               "| method | lr | seeds | " + " | ".join(c[1] for c in COLUMNS)
               + " | unseen harmful, plain template (judge / keyword) |",

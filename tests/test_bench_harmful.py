@@ -4,6 +4,7 @@ report do what bench/README.md says."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 import json
 from pathlib import Path
 
@@ -117,3 +118,20 @@ def test_shipped_config_is_the_chosen_point(tmp_path: Path, monkeypatch: pytest.
     assert config.objectives == bench.objectives and config.aggregator == bench.aggregator
     assert config.max_length == bench.max_length
     assert config.name == "npo" and "0.10 ± 0.05" in (tmp_path / "harmful" / "npo.yaml").read_text()
+
+
+def test_log_summary_tells_the_two_conflicts_apart(tmp_path: Path) -> None:
+    bench = sys.modules["_bench"]  # bench/harmful.py imported it (bench/_bench.py)
+    steps = [  # step 1: gradients conflict but the step raises nothing (MGDA-like); step 2: the step raises one
+        {"step": 1, "grad_norms": {"forget": 1.0}, "cosines": {"forget|kl": -0.5}, "conflict": False, "seconds": 2.0},
+        {"step": 2, "grad_norms": {"forget": 3.0}, "cosines": {"forget|kl": 0.2}, "conflict": True, "seconds": 4.0},
+        {"step": 3, "grad_norms": {"forget": 2.0}, "cosines": {"forget|kl": -0.1}, "conflict": False, "seconds": 3.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    (tmp_path / "run.json").write_text(json.dumps({"status": "completed"}))
+    got = bench.log_summary(tmp_path, 2)
+    assert got["conflict_probability"] == pytest.approx(1 / 3)
+    assert got["gradient_conflict_probability"] == pytest.approx(2 / 3)
+    assert got["forget_grad_norm"] == [1.0, 3.0, 2.0] and got["forget_grad_norm_max"] == 3.0
+    assert got["seconds_per_step"] == 3.0 and got["steps"] == 3
+    assert bench.log_summary(tmp_path, 1)["gradient_conflict_probability"] is None
