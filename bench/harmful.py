@@ -351,8 +351,9 @@ def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
             bound = RULE.get(ykey)
             if bound is not None:
                 ax.axhline(base[ykey] * bound[1], color="grey", ls="--", lw=0.8)
+        ax.set_yscale("log")  # exploded GA runs sit orders of magnitude above the rest
         ax.set_xlabel("unseen-prompt harmful rate (trained judge)")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(f"{ylabel} (log scale)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle("Every grid point (faded: dominated); stars: each method's chosen point; dashed: the rule's bound")
