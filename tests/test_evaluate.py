@@ -105,6 +105,30 @@ def test_truth_ratio_and_normalized_probability_from_nlls(model, tok, forget):
     assert np.all((norm > 0) & (norm < 1))
 
 
+def test_metrics_of_one_context_score_each_answer_once_with_the_same_values(model, tok, forget, monkeypatch):
+    fresh = EvalContext(model, tok, progress=False, batch_size=3)
+    expected = {
+        name: compute_metric(name, fresh, forget).per_item
+        for name in ("probability", "normalized_probability", "truth_ratio")
+    }
+    scored: list[tuple[str, str]] = []
+    real = scoring.score_answers
+
+    def counting(model_, tok_, records, **kw):
+        scored.extend((r.question, r.answer) for r in records)
+        return real(model_, tok_, records, **kw)
+
+    monkeypatch.setattr(scoring, "score_answers", counting)
+    ctx = EvalContext(model, tok, progress=False, batch_size=3)
+    for name, values in expected.items():  # batches differ from the fresh run's, so equal only up to rounding
+        np.testing.assert_allclose(compute_metric(name, ctx, forget).per_item, values, rtol=1e-5)
+        np.testing.assert_allclose(compute_metric(name, ctx, forget).per_item, values, rtol=1e-5)
+    distinct = {
+        (r.question, a) for r in forget for a in [r.answer, r.extra["paraphrased_answer"], *r.extra["perturbed_answer"]]
+    }
+    assert sorted(scored) == sorted(distinct)  # every answer once, although the metrics asked for them 6 times
+
+
 def test_kl_is_zero_against_itself_and_positive_against_another(model, other, tok, forget):
     nll, kl_self = scoring.nll_and_kl(model, model, tok, forget, progress=False)
     np.testing.assert_allclose(kl_self, 0.0, atol=1e-5)
@@ -156,7 +180,10 @@ def test_registry_metric_errors(model, tok, forget):
         compute_metric("kl", ctx, forget)
     with pytest.raises(ValueError, match="metric 'truth_ratio'"):
         compute_metric("truth_ratio", ctx, forget, kind="world")
-    with pytest.raises(ValueError, match=r"metric 'mia': option 'holdout': required; option 'k': .*valid number.*option 'holdot': unknown"):
+    with pytest.raises(
+        ValueError,
+        match=r"metric 'mia': option 'holdout': required; option 'k': .*valid number.*option 'holdot': unknown",
+    ):
         compute_metric("mia", ctx, forget, k="many", holdot=forget)
     with pytest.raises(ValueError, match=r"metric 'nll': option 'knd': unknown option \(its options: none\)"):
         compute_metric("nll", ctx, forget, knd=1)

@@ -79,6 +79,8 @@ class EvalContext:
         self.progress = progress
         self.generation_store = generation_store  # object with get(records) / put(records, texts), or None
         self._generations: dict[tuple, list[str]] = {}
+        #: Answer NLLs scored so far: this context's model and settings never change, so metrics share them.
+        self.nll_memo: scoring.NllMemo = {}
 
     def _load(self) -> None:
         if self._model is None:
@@ -122,6 +124,11 @@ class EvalContext:
             "max_length": self.max_length,
             "progress": self.progress,
         }
+
+    @property
+    def nll_kw(self) -> dict[str, Any]:
+        """:attr:`score_kw` plus the shared ``memo`` of answer NLLs, for the scoring functions that take one."""
+        return {"memo": self.nll_memo, **self.score_kw}
 
     def generations(self, records: Sequence[QARecord]) -> list[str]:
         """Greedy generations for the records' questions (memoised; stored through ``generation_store``)."""
@@ -218,21 +225,21 @@ def _mean(values: Sequence[float]) -> float:
 @register("nll")
 def _nll(ctx: EvalContext, data: list[QARecord]) -> MetricResult:
     """Mean answer-token NLL per item; aggregate mean NLL and perplexity exp(mean NLL)."""
-    nll = _floats(scoring.answer_nll(ctx.model, ctx.tokenizer, data, desc="nll", **ctx.score_kw))
+    nll = _floats(scoring.answer_nll(ctx.model, ctx.tokenizer, data, desc="nll", **ctx.nll_kw))
     return MetricResult("nll", nll, {"value": _mean(nll), "perplexity": math.exp(_mean(nll))})
 
 
 @register("probability")
 def _probability(ctx: EvalContext, data: list[QARecord]) -> MetricResult:
     """Length-normalised answer probability exp(-mean NLL) per item; aggregate mean."""
-    p = _floats(scoring.answer_probability(ctx.model, ctx.tokenizer, data, desc="probability", **ctx.score_kw))
+    p = _floats(scoring.answer_probability(ctx.model, ctx.tokenizer, data, desc="probability", **ctx.nll_kw))
     return MetricResult("probability", p, {"value": _mean(p)})
 
 
 @register("normalized_probability")
 def _normalized_probability(ctx: EvalContext, data: list[QARecord]) -> MetricResult:
     """TOFU's probability on perturbed sets: p(answer) / (p(answer) + sum p(perturbed)); aggregate mean."""
-    p = _floats(scoring.normalized_probabilities(ctx.model, ctx.tokenizer, data, **ctx.score_kw))
+    p = _floats(scoring.normalized_probabilities(ctx.model, ctx.tokenizer, data, **ctx.nll_kw))
     return MetricResult("normalized_probability", p, {"value": _mean(p)})
 
 
@@ -241,7 +248,7 @@ def _truth_ratio(ctx: EvalContext, data: list[QARecord], *, kind: str = "forget"
     """Per-item truth ratio; aggregate mean(min(TR, 1/TR)) (kind=forget) or mean(max(0, 1-TR)) (kind=retain)."""
     if kind not in ("forget", "retain"):
         raise ValueError(f"metric 'truth_ratio': option kind must be 'forget' or 'retain', got {kind!r}")
-    tr = _floats(scoring.truth_ratios(ctx.model, ctx.tokenizer, data, **ctx.score_kw))
+    tr = _floats(scoring.truth_ratios(ctx.model, ctx.tokenizer, data, **ctx.nll_kw))
     return MetricResult("truth_ratio", tr, {"value": stats.truth_ratio_score(tr, kind), "mean": _mean(tr)})
 
 
@@ -275,7 +282,7 @@ def _forget_quality(
         allow_other_base=allow_other_base,
     )
     ref = ref_log.values
-    tr = _floats(scoring.truth_ratios(ctx.model, ctx.tokenizer, data, **ctx.score_kw))
+    tr = _floats(scoring.truth_ratios(ctx.model, ctx.tokenizer, data, **ctx.nll_kw))
     ks = stats.forget_quality(tr, ref)
     return MetricResult(
         "forget_quality",

@@ -179,24 +179,51 @@ def _perturbed(record: QARecord) -> list[str]:
     return value
 
 
+#: Mean answer NLLs already computed for one model and one set of scoring settings, keyed by (question, answer).
+NllMemo = dict[tuple[str, str], float]
+
+
 def _avg_nlls(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[QARecord],
+    *,
+    memo: NllMemo | None = None,
+    **kw,
 ) -> np.ndarray:
-    return np.array([s.avg_nll for s in score_answers(model, tokenizer, records, **kw)], dtype=np.float64)
+    if memo is None:
+        return np.array([s.avg_nll for s in score_answers(model, tokenizer, records, **kw)], dtype=np.float64)
+    # Score each (question, answer) pair once: TOFU's metrics ask for the same answers several times.
+    missing = list({(r.question, r.answer): r for r in records if (r.question, r.answer) not in memo}.values())
+    if missing:
+        for r, s in zip(missing, score_answers(model, tokenizer, missing, **kw)):
+            memo[(r.question, r.answer)] = s.avg_nll
+    return np.array([memo[(r.question, r.answer)] for r in records], dtype=np.float64)
 
 
 def answer_nll(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[QARecord],
+    *,
+    memo: NllMemo | None = None,
+    **kw,
 ) -> np.ndarray:
-    """Mean answer-token NLL per record (keywords as :func:`score_answers`)."""
-    return _avg_nlls(model, tokenizer, records, **kw)
+    """Mean answer-token NLL per record (keywords as :func:`score_answers`). ``memo`` reuses and stores scores; it
+    must belong to this model and these keywords."""
+    return _avg_nlls(model, tokenizer, records, memo=memo, **kw)
 
 
 def answer_probability(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[QARecord],
+    *,
+    memo: NllMemo | None = None,
+    **kw,
 ) -> np.ndarray:
-    """Length-normalised answer probability ``exp(-avg NLL)`` per record."""
-    return np.exp(-answer_nll(model, tokenizer, records, **kw))
+    """Length-normalised answer probability ``exp(-avg NLL)`` per record (``memo`` as :func:`answer_nll`)."""
+    return np.exp(-answer_nll(model, tokenizer, records, memo=memo, **kw))
 
 
 def _flat_perturbed(records: Sequence[QARecord]) -> tuple[list[QARecord], list[int]]:
@@ -214,26 +241,38 @@ def _grouped(values: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
 
 
 def truth_ratios(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[QARecord],
+    *,
+    memo: NllMemo | None = None,
+    **kw,
 ) -> np.ndarray:
     """Per-record truth ratio from ``extra['paraphrased_answer']`` (the answer itself when absent, as TOFU does for
-    real authors / world facts) and the list ``extra['perturbed_answer']``; see :func:`stats.truth_ratio`."""
+    real authors / world facts) and the list ``extra['perturbed_answer']``; see :func:`stats.truth_ratio`
+    (``memo`` as :func:`answer_nll`)."""
     records = list(records)
     para = [_with_answer(r, r.extra.get("paraphrased_answer") or r.answer, "paraphrased_answer") for r in records]
     flat, sizes = _flat_perturbed(records)
-    para_nll = _avg_nlls(model, tokenizer, para, desc="paraphrased", **kw)
-    pert_nll = _grouped(_avg_nlls(model, tokenizer, flat, desc="perturbed", **kw), sizes)
+    para_nll = _avg_nlls(model, tokenizer, para, memo=memo, desc="paraphrased", **kw)
+    pert_nll = _grouped(_avg_nlls(model, tokenizer, flat, memo=memo, desc="perturbed", **kw), sizes)
     return np.array([stats.truth_ratio(a, b) for a, b in zip(para_nll, pert_nll)], dtype=np.float64)
 
 
 def normalized_probabilities(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, records: Sequence[QARecord], **kw
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[QARecord],
+    *,
+    memo: NllMemo | None = None,
+    **kw,
 ) -> np.ndarray:
-    """TOFU's probability on perturbed sets per record: p(answer) / (p(answer) + sum p(perturbed))."""
+    """TOFU's probability on perturbed sets per record: p(answer) / (p(answer) + sum p(perturbed)) (``memo`` as
+    :func:`answer_nll`)."""
     records = list(records)
     flat, sizes = _flat_perturbed(records)
-    true_nll = _avg_nlls(model, tokenizer, records, **kw)
-    pert_nll = _grouped(_avg_nlls(model, tokenizer, flat, desc="perturbed", **kw), sizes)
+    true_nll = _avg_nlls(model, tokenizer, records, memo=memo, **kw)
+    pert_nll = _grouped(_avg_nlls(model, tokenizer, flat, memo=memo, desc="perturbed", **kw), sizes)
     return np.array([stats.normalized_probability(a, b) for a, b in zip(true_nll, pert_nll)], dtype=np.float64)
 
 
