@@ -96,7 +96,14 @@ def test_report_from_cached_points(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             train = {"method": "ga", "lr": lr, "seed": seed, "forget_grad_norm": [1.0, 2.0], "forget_grad_norm_max": 2.0,
                      "conflict_probability": None, "seconds_per_step": 1.0, "status": "completed"}
             cache(harmful.point_name("ga", lr, seed), train, {**ORIGINAL, "unseen/judge": judge + 0.1 * seed})
-    summary = harmful.write_report(["ga"], lrs)
+    for lr in lrs:  # npo breaks the NLL bound everywhere
+        train = {"method": "npo", "lr": lr, "seed": 0, "forget_grad_norm": [1.0], "forget_grad_norm_max": 1.0,
+                 "conflict_probability": None, "seconds_per_step": 1.0, "status": "completed"}
+        cache(harmful.point_name("npo", lr, 0), train, {**ORIGINAL, "normal/nll": 9.0, "unseen/judge": 0.0})
+    summary = harmful.write_report(["ga", "npo"], lrs)
+    assert summary["chosen"]["npo"] == {"lr": None, "note": "no admissible grid point", "fallback_lr": 1e-5,
+                                        "fallback_metrics": {**ORIGINAL, "normal/nll": 9.0, "unseen/judge": 0.0},
+                                        "violations": ["normal/nll"]}
     assert summary["chosen"]["ga"]["lr"] == 1e-4 and summary["chosen"]["ga"]["seeds"] == [0, 1, 2]
     mean, sd = summary["chosen"]["ga"]["mean_sd"]["unseen/judge"]
     assert mean == pytest.approx(0.2) and sd == pytest.approx(0.1)
@@ -106,11 +113,16 @@ def test_report_from_cached_points(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_shipped_config_is_the_chosen_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(harmful, "SHIPPED", {"npo": tmp_path / "harmful" / "npo.yaml"})
+    monkeypatch.setattr(harmful, "SHIPPED", {"npo": tmp_path / "harmful" / "npo.yaml", "ga": tmp_path / "ga.yaml"})
     stats = {harmful.PRIMARY: (0.1, 0.05), "normal/nll": (2.0, 0.01)}
-    summary = {"chosen": {"npo": {"lr": 1e-4, "seeds": [0, 1, 2], "mean_sd": stats}, "ga": {"lr": None}}}
-    assert harmful.ship_configs(summary) == [tmp_path / "harmful" / "npo.yaml"]
+    ga = {"lr": None, "fallback_lr": 1e-5, "fallback_metrics": {harmful.PRIMARY: 0.2, "normal/nll": 6.8},
+          "violations": ["normal/nll", "normal/fluency"]}
+    summary = {"chosen": {"npo": {"lr": 1e-4, "seeds": [0, 1, 2], "mean_sd": stats}, "ga": ga, "wga": {"lr": None}}}
+    assert harmful.ship_configs(summary) == [tmp_path / "harmful" / "npo.yaml", tmp_path / "ga.yaml"]
+    header = (tmp_path / "ga.yaml").read_text()
+    assert "NO grid point" in header and "bound on normal/nll, normal/fluency" in header
     monkeypatch.chdir(_PATH.parents[1])  # the shipped data paths are relative to the repository root
+    assert load_config(tmp_path / "ga.yaml").optimizer.lr == 1e-5
     config = load_config(tmp_path / "harmful" / "npo.yaml")
     validate(config)
     bench = load_config(harmful.run_tree("npo", 1e-4, 0, tmp_path))
