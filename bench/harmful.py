@@ -389,7 +389,8 @@ def shipped_tree(method: str, lr: float) -> dict[str, Any]:
         "every": 10,
         "max_new_tokens": MAX_NEW_TOKENS,
         "suites": {
-            "unseen": {"data": f"pku:{rel}/pku_saferlhf/sample.jsonl#unsafe_prompts/test", "limit": 24,
+            # named "harmful" like every shipped harmful-behaviour config's suite; its prompts are the unseen ones
+            "harmful": {"data": f"pku:{rel}/pku_saferlhf/sample.jsonl#unsafe_prompts/test", "limit": 24,
                        "metrics": [{"name": "harmful_rate", "judge": "keyword"}, "refusal_rate", "fluency"]},
             "normal": {"data": f"truthfulqa:{rel}/truthfulqa/TruthfulQA.csv#test", "limit": 24,
                        "metrics": ["kl", "nll", "fluency", "refusal_rate", "answer_length"]},
