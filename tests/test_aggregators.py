@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mollm.aggregators import Aggregator, available, get
+from mollm.aggregators import Aggregator, available, get, seeded_options
 from mollm.aggregators._qp import _nonneg_pg, _simplex_pg, nonneg_qp, simplex_qp
 
 NAMES = ["linear", "mgda", "ds_mgda", "pcgrad", "cagrad", "upgrad"]
@@ -605,6 +605,27 @@ def test_pcgrad_state_round_trip_continues_the_same_orders():
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # through JSON, as a checkpoint stores it
     for k in range(3, 6):
         torch.testing.assert_close(resumed(g), outputs[k], rtol=0, atol=0)
+
+
+def test_a_run_seeds_pcgrad_from_its_own_seed_unless_the_config_says_otherwise():
+    from mollm.engine.config import load_config
+    from mollm.engine.plan import aggregator_options
+
+    def options(aggregator: dict, seed: int) -> dict:
+        tree = {"name": "x", "model": "embedded", "seed": seed, "data": {"forget": "tofu:f.json"},
+                "objectives": [{"name": "forget", "loss": "ga", "data": "forget"}], "aggregator": aggregator, "steps": 1}
+        return aggregator_options(load_config(tree))
+
+    assert options({"name": "pcgrad"}, 7) == {"seed": 7}
+    assert options({"name": "pcgrad", "options": {"seed": 3}}, 7) == {"seed": 3}
+    assert options({"name": "pcgrad", "options": {"seed": None}}, 7) == {"seed": None}  # asked for fresh randomness
+    assert options({"name": "ds_mgda"}, 7) == {}  # no random numbers, no seed option
+    assert seeded_options("no_such_aggregator", {"a": 1}, 7) == {"a": 1}  # left for get() to report
+    j = torch.tensor([[1.0, 0.0], [-0.8, 0.6], [-0.3, -0.95]], dtype=torch.float64)
+    runs = [get("pcgrad", **options({"name": "pcgrad"}, seed)) for seed in (7, 7, 8)]
+    outputs = [[agg(j @ j.T) for _ in range(8)] for agg in runs]
+    assert all(torch.equal(a, b) for a, b in zip(outputs[0], outputs[1]))  # same run seed: same orders
+    assert any(not torch.equal(a, b) for a, b in zip(outputs[0], outputs[2]))
 
 
 @PROPS

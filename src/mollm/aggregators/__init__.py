@@ -35,7 +35,7 @@ from mollm.aggregators import (  # noqa: F401  (registers them)
     upgrad,
 )
 from mollm.aggregators.aligned_mtl import AlignedMTL
-from mollm.aggregators.base import Aggregator, AggregatorOptions, available, get, register
+from mollm.aggregators.base import Aggregator, AggregatorOptions, available, get, register, seeded_options
 from mollm.aggregators.cagrad import CAGrad
 from mollm.aggregators.ds_mgda import DSMGDA
 from mollm.aggregators.dualproj import DualProj
@@ -69,4 +69,5 @@ __all__ = [
     "from_torchjd",
     "get",
     "register",
+    "seeded_options",
 ]

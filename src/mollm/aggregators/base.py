@@ -128,6 +128,20 @@ def available() -> list[str]:
     return AGGREGATORS.names()
 
 
+def seeded_options(name: str, options: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """``options`` with ``seed`` set to the run's ``seed`` when the aggregator draws random numbers (its options have
+    a ``seed``) and none is given, so a run is reproduced by its one seed; an explicit ``seed`` (also ``None``) stays.
+    An unknown name is left to :func:`get` to report."""
+    opts = dict(options)
+    try:
+        fields = AGGREGATORS.entry(name).options.model_fields
+    except ValueError:
+        return opts
+    if "seed" in fields and "seed" not in opts:
+        opts["seed"] = seed
+    return opts
+
+
 def get(name: str, **options: Any) -> Aggregator:
     """Build the aggregator called ``name`` with validated ``options`` (ValueError naming a bad option or name)."""
     return AGGREGATORS.entry(name).target(**options)

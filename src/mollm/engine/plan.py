@@ -211,8 +211,11 @@ def build_plan(
 
 
 def aggregator_options(config: RunConfig) -> dict[str, Any]:
-    """The aggregator's options; ``linear`` takes the objectives' ``weight`` fields unless given ``weights``."""
-    opts = dict(config.aggregator.options)
+    """The aggregator's options; ``linear`` takes the objectives' ``weight`` fields unless given ``weights``, and an
+    aggregator with a ``seed`` option (``pcgrad``) the run's ``seed`` unless given one."""
+    from mollm.aggregators.base import seeded_options
+
+    opts = seeded_options(config.aggregator.name, config.aggregator.options, config.seed)
     if config.aggregator.name == "linear" and "weights" not in opts:
         opts["weights"] = [o.weight for o in config.objectives]
     return opts

@@ -191,7 +191,7 @@ class MultiObjectiveTrainer(Trainer):
         self._refuse_unsupported()
 
         self.max_bad_steps = max_bad_steps
-        self.aggregator = _aggregator(aggregator, aggregator_options, len(objectives))
+        self.aggregator = _aggregator(aggregator, aggregator_options, len(objectives), self.args.seed)
         self.objective_names = [str(label) for label in objectives]
         self._objectives = self._build_objectives(objectives, prompt_format or PromptFormat(), max_length)
         if reference is not None and not isinstance(reference, Reference):
@@ -468,11 +468,14 @@ def _spec(label: str, value: Any, problems: list[str]) -> ObjectiveSpec | None:
     return None
 
 
-def _aggregator(aggregator: Any, options: Mapping[str, Any] | None, m: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _aggregator(
+    aggregator: Any, options: Mapping[str, Any] | None, m: int, seed: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
     if isinstance(aggregator, str):
         from mollm.aggregators import get as get_aggregator
+        from mollm.aggregators import seeded_options
 
-        opts = dict(options or {})
+        opts = seeded_options(aggregator, options or {}, seed)  # pcgrad's order follows TrainingArguments.seed
         for key in ("preference", "weights"):
             if isinstance(opts.get(key), (list, tuple)) and len(opts[key]) != m:
                 raise ConfigError(f"aggregator: option '{key}' has {len(opts[key])} values but there are {m} objectives")
