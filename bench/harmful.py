@@ -450,6 +450,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="results folder (the cache)")
     parser.add_argument("--smoke", action="store_true", help="2 steps, 4 prompts per suite: checks the pipeline")
     args = parser.parse_args()
+    if args.smoke and (args.out.resolve() == OUT.resolve() or args.work.resolve() == parser.get_default("work").resolve()):
+        parser.error("--smoke needs a scratch --out and --work: its 2-step runs would be cached as the real ones")
     configure(args.out, smoke=args.smoke)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]

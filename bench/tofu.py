@@ -72,7 +72,7 @@ BATCH = 4
 LRS = (1e-5, 3e-5, 1e-4)
 SEEDS = (0, 1, 2)
 N_EVAL = {"forget": 80, "holdout": 80, "retain": 40, "real_authors": 40, "world_facts": 40}  # items per suite
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 80  # the longest forget answer is ~75 tokens; a fine-tuned model stops at its EOS before
 EVAL_BATCH = 16
 
 _UCE = {"name": "forget", "loss": "uce", "data": "forget", "options": {"eps": 0.5}}
@@ -287,10 +287,16 @@ def evaluate_model(model: Path, label: str, work: Path) -> dict[str, Any]:
     if path.is_file() and (label != "retain" or reference_path(work).is_file()):
         return json.loads(path.read_text())
     started = time.time()
-    results = evaluate(
-        str(model), suites(work), work / "evals" / label, fmt=PromptFormat(kind="plain"), batch_size=EVAL_BATCH,
-        max_length=EVAL_MAX_LENGTH, max_new_tokens=MAX_NEW_TOKENS, progress=False,
-    )
+    try:
+        results = evaluate(
+            str(model), suites(work), work / "evals" / label, fmt=PromptFormat(kind="plain"), batch_size=EVAL_BATCH,
+            max_length=EVAL_MAX_LENGTH, max_new_tokens=MAX_NEW_TOKENS, progress=False,
+        )
+    except FloatingPointError as err:  # a wrecked model's scores are not finite: a result, reported, not a crash
+        summary = {"model": str(model), "metrics": {}, "error": f"non-finite scores: {err}",
+                   "seconds": time.time() - started, "samples": []}
+        _write_json(path, summary)
+        return summary
     gens = results["suites"]["forget"]["rouge_l"].get("columns", {}).get("generation") or []
     records = _load(suites(work)["forget"])
     samples = [{"question": r.question, "answer": r.answer, "generation": g} for r, g in zip(records[:3], gens)]
@@ -586,6 +592,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="2 steps, a few items per suite: checks the pipeline")
     parser.add_argument("--keep-models", action="store_true", help="keep every unlearned model (540 MB each)")
     args = parser.parse_args()
+    if args.smoke and (args.out.resolve() == OUT.resolve() or args.work.resolve() == parser.get_default("work").resolve()):
+        parser.error("--smoke needs a scratch --out and --work: its 2-step runs would be cached as the real ones")
     configure(args.out, smoke=args.smoke)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]

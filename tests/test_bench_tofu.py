@@ -161,3 +161,29 @@ def test_report_from_cached_points(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "2 grid point(s) took 4 min" in report
     assert "admissible: model utility >= 0.9 x the target's (0.45)" in report
     assert (tmp_path / "fq_vs_mu.png").stat().st_size > 0 and (tmp_path / "grad_norms.png").stat().st_size > 0
+
+
+def test_a_model_with_non_finite_scores_is_a_reported_result_not_a_crash(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mollm.evaluation
+
+    def wrecked(*args, **kwargs):
+        raise FloatingPointError("per-item value 3 is nan; the model produced non-finite scores")
+
+    monkeypatch.setattr(tofu, "OUT", tmp_path)
+    monkeypatch.setattr(mollm.evaluation, "evaluate", wrecked)
+    got = tofu.evaluate_model(tmp_path / "model", "ga_lr0.0001_s0", work)
+    assert got["metrics"] == {} and "non-finite" in got["error"]
+    assert json.loads((tmp_path / "evals" / "ga_lr0.0001_s0.json").read_text()) == got  # cached: not retried
+    assert not tofu.admissible(got["metrics"], {tofu.UTILITY: 0.5})
+
+
+@pytest.mark.parametrize("script", ["tofu.py", "harmful.py"])
+def test_smoke_refuses_the_real_cache(script: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(_PATH.parent / script), "--smoke"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "--smoke needs a scratch --out and --work" in done.stderr
