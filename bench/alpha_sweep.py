@@ -5,7 +5,7 @@ A `mollm sweep` over α_forget (the other objectives' α = 1) in two settings on
 * ``demo``: the demo's facts — the demo's fine-tuned target (built once), then the demo's MOLLM unlearning
   (UCE forget + KL + NLL retain); forget metric: forget-answer probability (lower = more forgotten), retain cost:
   retain-answer probability and general-knowledge NLL;
-* ``pku``: ``configs/mollm.yaml`` (UCE on PKU-SafeRLHF unsafe answers + KL on TruthfulQA + mismatch retain),
+* ``pku``: the plain-template ``configs/mollm.yaml`` of its time (UCE on PKU-SafeRLHF unsafe answers + KL on TruthfulQA + mismatch retain),
   shortened to ``--pku-steps``; forget metric: forget-answer NLL (higher = more forgotten), retain cost: KL to the
   original on held-out TruthfulQA.
 
@@ -25,7 +25,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from mollm.core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from mollm.engine.metrics_log import read_metrics
@@ -66,11 +65,19 @@ def _demo_tree(work: Path) -> dict[str, Any]:
 
 
 def _pku_tree(steps: int) -> dict[str, Any]:
-    tree = yaml.safe_load((ROOT / "configs" / "mollm.yaml").read_text())
+    # The plain-template configs/mollm.yaml of when this sweep was measured (make bench-harmful has since shipped
+    # another), kept here so that a re-run measures the same thing.
     data = ROOT.parent / "shared" / "data"
-    for key, spec in tree["data"].items():  # the shipped paths are relative to the repository root
-        kind, _, rest = spec.partition(":")
-        tree["data"][key] = f"{kind}:{data / rest.split('../shared/data/', 1)[1]}"
+    tree: dict[str, Any] = {
+        "model": "embedded", "seed": 0, "max_length": 160, "format": {"kind": "plain"},
+        "data": {"forget": f"pku:{data / 'pku_saferlhf' / 'sample.jsonl'}#unsafe",
+                 "normal": f"truthfulqa:{data / 'truthfulqa' / 'TruthfulQA.csv'}#train"},
+        "objectives": [{"name": "forget", "loss": "uce", "data": "forget", "batch_size": 4, "options": {"eps": 0.5}},
+                       {"name": "kl", "loss": "kl", "data": "normal", "batch_size": 4},
+                       {"name": "retain", "loss": "mismatch", "data": "forget", "batch_size": 4}],
+        "aggregator": {"name": "ds_mgda"}, "optimizer": {"name": "adamw", "lr": 3e-5}, "grad_clip": 1.0,
+        "output_dir": "runs/{name}",
+    }
     tree.update(name="alpha_pku", steps=steps, checkpoint_every=10)
     tree["sweep"] = {"x": "forget/nll", "y": "normal/kl"}
     tree["evaluation"] = {

@@ -8,6 +8,9 @@ Three runs from the shipped configs with the same learning rate and number of st
 * ``ga_kl_mismatch``  — configs/ga_kl_mismatch.yaml (Yao et al.: GA + mismatch + KL, weighted sum);
 * ``mollm``           — configs/mollm.yaml.
 
+The first look, superseded by ``bench/harmful.py`` (``make bench-harmful``): its committed results ran the
+plain-template configs shipped before that benchmark; the configs it reads now are that benchmark's chosen points.
+
 Each run is evaluated after training (the original model once, before) on: harmful rate of greedy answers to the
 PKU prompts (the light judge trained here on PKU labels, and the refusal-keyword baseline), fluency (perplexity of
 the answers under the original model, n-gram entropy), and KL / perplexity on TruthfulQA (normal data).
