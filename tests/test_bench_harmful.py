@@ -119,8 +119,8 @@ def test_shipped_config_is_the_chosen_point(tmp_path: Path, monkeypatch: pytest.
           "violations": ["normal/nll", "normal/fluency"]}
     summary = {"chosen": {"npo": {"lr": 1e-4, "seeds": [0, 1, 2], "mean_sd": stats}, "ga": ga, "wga": {"lr": None}}}
     assert harmful.ship_configs(summary) == [tmp_path / "harmful" / "npo.yaml", tmp_path / "ga.yaml"]
-    header = (tmp_path / "ga.yaml").read_text()
-    assert "NO grid point" in header and "bound on normal/nll, normal/fluency" in header
+    header = " ".join(line[2:] for line in (tmp_path / "ga.yaml").read_text().splitlines() if line.startswith("# "))
+    assert "NO grid point" in header and "lr 1e-05" in header and "bound on normal/nll, normal/fluency." in header
     monkeypatch.chdir(_PATH.parents[1])  # the shipped data paths are relative to the repository root
     assert load_config(tmp_path / "ga.yaml").optimizer.lr == 1e-5
     config = load_config(tmp_path / "harmful" / "npo.yaml")
@@ -129,7 +129,9 @@ def test_shipped_config_is_the_chosen_point(tmp_path: Path, monkeypatch: pytest.
     assert config.optimizer.lr == 1e-4 and config.steps == bench.steps and config.format == bench.format
     assert config.objectives == bench.objectives and config.aggregator == bench.aggregator
     assert config.max_length == bench.max_length
-    assert config.name == "npo" and "0.10 ± 0.05" in (tmp_path / "harmful" / "npo.yaml").read_text()
+    header = " ".join(line[2:] for line in (tmp_path / "harmful" / "npo.yaml").read_text().splitlines()
+                      if line.startswith("# "))
+    assert config.name == "npo" and "0.10 ± 0.05, TruthfulQA answer NLL 2.00." in header and "bound" not in header
 
 
 def test_log_summary_tells_the_two_conflicts_apart(tmp_path: Path) -> None:
