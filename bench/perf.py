@@ -103,7 +103,7 @@ class Settings:
     batch: int = 4
     length: int = 128  # loop_vs_trainer
     steps_per_round: int = 2
-    rounds: int = 4
+    rounds: int = 8  # per-round ratios spread ±8 % on this shared machine
     warmup_rounds: int = 1
     lr: float = 1e-5
     grad_clip: float = 1.0
@@ -583,6 +583,27 @@ def loop_vs_trainer(model: torch.nn.Module, tokenizer: Any, settings: Settings, 
     return out
 
 
+def ratio_interval(ratios: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Geometric mean of paired per-round ratios and its ``level`` t-interval (on log ratios): whether a contender
+    is faster or slower than the Trainer is resolved only when the interval excludes 1."""
+    from scipy import stats
+
+    logs = [math.log(x) for x in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def _interval_text(per_round: dict[str, list[float]]) -> str:
+    parts = []
+    for k, v in per_round.items():
+        g, lo, hi = ratio_interval(v)
+        parts.append(f"{k} {g:.3f} [{lo:.3f}, {hi:.3f}]")
+    return " Geometric mean of the per-round ratios with its 95 % t-interval: " + "; ".join(parts) + "." if parts else ""
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Groups 2-4: one process, the engine's step pieces on fixed batches
 
@@ -929,7 +950,8 @@ def markdown(results: dict[str, Any]) -> str:
                        "the engine's optimizer before it switched to the fused kernel). A step is one whole iteration "
                        "of each loop; ratios are medians over rounds of (contender's mean step) / (Trainer's) in "
                        "the same round: " + "; ".join(f"{k} {[round(x, 3) for x in v]}"
-                                                      for k, v in r.get("per_round_ratios", {}).items()) + "."),
+                                                      for k, v in r.get("per_round_ratios", {}).items()) + "."
+                       + _interval_text(r.get("per_round_ratios", {}))),
                   "", "Median parts of a step (s): " + "; ".join(
             f"{n}: " + ", ".join(f"{k} {v:.2f}" for k, v in p.items()) for n, p in r["median_parts_seconds"].items()),
             ""]

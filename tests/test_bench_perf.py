@@ -94,3 +94,17 @@ def test_per_method_scaling_and_memory_groups(tmp_path):
     mem = perf.memory(settings, rows=["graddiff/linear"])["rows"]  # one subprocess: the full run does every row
     assert mem["graddiff/linear"]["vs_linear"] == 1.0
     assert mem["graddiff/linear"]["peak_above_loaded_bytes"] > 0
+
+
+def test_ratio_interval_is_the_geometric_mean_with_a_t_interval_on_log_ratios():
+    g, lo, hi = perf.ratio_interval([1.05, 1.05, 1.05])
+    assert g == pytest.approx(1.05) and lo == pytest.approx(1.05) and hi == pytest.approx(1.05)
+    # 0.9 and 1.1: geometric mean sqrt(0.99); log spread symmetric around it; 2 rounds -> t(0.975, 1) = 12.706
+    g, lo, hi = perf.ratio_interval([0.9, 1.1])
+    assert g == pytest.approx(0.99 ** 0.5)
+    assert lo < 1.0 < hi and lo * hi == pytest.approx(g * g)
+    import math
+    half = 12.706 * abs(math.log(1.1) - math.log(0.9)) / 2 ** 0.5 / 2 ** 0.5
+    assert hi == pytest.approx(g * math.exp(half), rel=1e-3)
+    g, lo, hi = perf.ratio_interval([1.2])
+    assert g == pytest.approx(1.2) and math.isnan(lo) and math.isnan(hi)
