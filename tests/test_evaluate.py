@@ -87,6 +87,23 @@ def test_answer_nll_matches_token_logprobs_and_is_batch_invariant(model, tok, fo
     np.testing.assert_allclose(scoring.answer_probability(model, tok, forget, progress=False), np.exp(-got), rtol=1e-6)
 
 
+def test_scores_batch_records_of_similar_length_and_come_back_in_the_callers_order(model, tok, forget, monkeypatch):
+    records = [*forget, *reversed(forget)]  # lengths in no particular order, each record twice
+    single = [scoring.score_answers(model, tok, [r], progress=False)[0].avg_nll for r in records]
+    seen: list[list[int]] = []
+    real = scoring.encode_batch
+
+    def recording(batch, *a, **k):
+        seen.append([len(r.question) + len(r.answer) for r in batch])
+        return real(batch, *a, **k)
+
+    monkeypatch.setattr(scoring, "encode_batch", recording)
+    got = [s.avg_nll for s in scoring.score_answers(model, tok, records, batch_size=2, progress=False)]
+    np.testing.assert_allclose(got, single, rtol=1e-5)
+    flat = [n for batch in seen for n in batch]
+    assert flat == sorted(flat, reverse=True) and len(seen) == 4  # longest first, each batch of neighbours
+
+
 def test_truth_ratio_and_normalized_probability_from_nlls(model, tok, forget):
     tr = scoring.truth_ratios(model, tok, forget, progress=False)
     assert tr.shape == (4,) and np.all(np.isfinite(tr)) and np.all(tr > 0)

@@ -149,11 +149,14 @@ def score_answers(
     :class:`~mollm.models.reference.Reference`) adds the per-token KL(p_ref || p_model).
     """
     records = list(records)
+    # Batch records of similar length so little of each batch is padding (the longest first: a batch that does not
+    # fit in memory fails at once); scores come back in the caller's order.
+    order = sorted(range(len(records)), key=lambda i: -(len(records[i].question) + len(records[i].answer)))
     batches = (
-        encode_batch(records[i : i + batch_size], tokenizer, fmt, max_length)
+        encode_batch([records[j] for j in order[i : i + batch_size]], tokenizer, fmt, max_length)
         for i in range(0, len(records), batch_size)
     )
-    return _score_batches(
+    scores = _score_batches(
         model,
         tokenizer,
         batches,
@@ -163,6 +166,10 @@ def score_answers(
         progress=progress,
         desc=desc,
     )
+    out: list[AnswerScores | None] = [None] * len(records)
+    for j, score in zip(order, scores):
+        out[j] = score
+    return out  # type: ignore[return-value]  # every slot is filled: order is a permutation
 
 
 def _with_answer(record: QARecord, answer: str, field: str) -> QARecord:
