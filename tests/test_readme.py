@@ -34,9 +34,9 @@ def test_readme_step_example_runs(tiny_default_model):
 
 def test_readme_run_example_runs(tiny_default_model, monkeypatch, tmp_path, capsys):
     block = next(b for b in _python_blocks() if "mollm.unlearn(" in b)
-    # Same calls, shorter and into a temporary folder: 40 steps of the shipped config become 2.
-    assert '"steps=40"]' in block
-    block = block.replace('"steps=40"]', f'"steps=2", "output_dir={tmp_path}/{{name}}", "evaluation.max_new_tokens=2"]')
+    # Same calls, shorter and into a temporary folder: 24 steps of the shipped config become 2.
+    assert '"steps=24"]' in block
+    block = block.replace('"steps=24"]', f'"steps=2", "output_dir={tmp_path}/{{name}}", "evaluation.max_new_tokens=2"]')
     monkeypatch.chdir(REPO)  # the shipped config's data paths are relative to the repository root
     ns: dict = {}
     exec(compile(block, "README.md (run example)", "exec"), ns)

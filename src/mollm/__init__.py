@@ -3,7 +3,7 @@
 Python API (mirrors the CLI)::
 
     import mollm
-    config = mollm.load_config("configs/mollm.yaml", ["optimizer.lr=3e-5"])
+    config = mollm.load_config("configs/mollm.yaml", ["seed=1"])   # --set style overrides
     result = mollm.unlearn(config)          # -> RunResult(run_dir, model_dir, steps, status, metrics, evaluations)
 """
 
