@@ -71,7 +71,9 @@ EVAL_MAX_LENGTH = 192
 BATCH = 4
 LRS = (1e-5, 3e-5, 1e-4)
 SEEDS = (0, 1, 2)
-N_EVAL = {"forget": 80, "holdout": 80, "retain": 40, "real_authors": 40, "world_facts": 40}  # items per suite
+# Items per suite, the first of each file: forget = its first 2 authors (196-197), holdout = 192-193, retain = 2
+# items of each of authors 0-9. Halved from 80/80/40/40/40 after the retain model's evaluation took 572 s here.
+N_EVAL = {"forget": 40, "holdout": 40, "retain": 20, "real_authors": 20, "world_facts": 20}
 MAX_NEW_TOKENS = 80  # the longest forget answer is ~75 tokens; a fine-tuned model stops at its EOS before
 EVAL_BATCH = 16
 
