@@ -457,6 +457,27 @@ def test_encode_truncation(word_tokenizer) -> None:
         encode_record(record, word_tokenizer, PromptFormat(), max_length=11)
 
 
+def test_encode_many_is_encode_record_per_record_with_errors_in_place(tokenizer) -> None:
+    """The batched path (one tokenizer call for all prompts, one for all answers) gives exactly the ids of tokenising
+    each record alone, under the chat template too; a record that cannot be encoded is its DataError, in its place."""
+    from mollm.data import encode_many
+
+    records = read_truthfulqa(TRUTHFULQA)[:40] + read_tofu(TOFU / "forget01.json")[:10]
+    records.insert(7, QARecord("q? " * 300, "cut away", source="long.jsonl:3"))
+    for fmt in (PromptFormat(), PromptFormat(kind="chat")):
+        encoded = encode_many(records, tokenizer, fmt, max_length=128)
+        assert len(encoded) == len(records)
+        assert isinstance(encoded[7], DataError) and "long.jsonl:3" in str(encoded[7])
+        for r, e in zip(records, encoded):
+            if r.source == "long.jsonl:3":
+                continue
+            prompt = tokenizer(fmt.prompt(tokenizer, r.question), add_special_tokens=False)["input_ids"]
+            answer = tokenizer(r.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            assert e["input_ids"] == (prompt + answer)[:128]
+            assert e["labels"] == ([-100] * len(prompt) + answer)[:128]
+        assert encode_record(records[3], tokenizer, fmt, 128) == encoded[3]
+
+
 def test_pku_prompt_split_is_by_prompt_and_seeded() -> None:
     train = load_dataset_spec(f"pku:{PKU}#unsafe/train")
     test = load_dataset_spec(f"pku:{PKU}#unsafe/test")

@@ -338,8 +338,9 @@ class _CharTokenizer:
     pad_token_id = 2
     chat_template = None
 
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [3 + (ord(c) % (VOCAB - 3)) for c in text]}
+    def __call__(self, text, add_special_tokens=False):  # a text or a list of them, as Hugging Face tokenizers take
+        ids = lambda t: [3 + (ord(c) % (VOCAB - 3)) for c in t]  # noqa: E731
+        return {"input_ids": ids(text) if isinstance(text, str) else [ids(t) for t in text]}
 
 
 def test_cli_over_checkpoints_with_verify(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ Configs name data sets with one string, see :func:`load_dataset_spec` (``"tofu:P
 ``"pku:PATH#unsafe"``, ``"facts:forget"``, ``"hf:ID#split"`` or a plain file path).
 """
 
-from mollm.data.encode import PLAIN_TEMPLATE, DataError, PromptFormat, collate, encode_batch, encode_record
+from mollm.data.encode import PLAIN_TEMPLATE, DataError, PromptFormat, collate, encode_batch, encode_many, encode_record
 from mollm.data.facts import ATTRIBUTES, FactSet, Person, make_facts
 from mollm.data.loading import ANSWER_FIELDS, QUESTION_FIELDS, load_hub_dataset, load_records
 from mollm.data.readers import (
@@ -35,6 +35,7 @@ __all__ = [
     "QARecord",
     "collate",
     "encode_batch",
+    "encode_many",
     "encode_record",
     "load_dataset_spec",
     "load_hub_dataset",

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mollm.core.errors import ConfigError
-from mollm.data.encode import PromptFormat, collate, encode_record
+from mollm.core.errors import ConfigError, DataError
+from mollm.data.encode import PromptFormat, collate, encode_many
 from mollm.data.records import QARecord
 from mollm.engine.config import RunConfig
 
@@ -291,12 +291,9 @@ def encode_records(
 ) -> list[dict[str, list[int]]]:
     """Every record encoded; each one that cannot be (an answer cut away by ``max_length``, ...) is a problem appended
     to ``problems`` (the first few, then a count), so all are reported at once."""
-    examples, bad = [], []
-    for r in records:
-        try:
-            examples.append(encode_record(r, tokenizer, fmt, max_length))
-        except ValueError as err:
-            bad.append(str(err))
+    encoded = encode_many(records, tokenizer, fmt, max_length)
+    examples = [e for e in encoded if not isinstance(e, DataError)]
+    bad = [str(e) for e in encoded if isinstance(e, DataError)]
     for msg in bad[:_MAX_RECORD_PROBLEMS]:
         problems.append(f"{where}: {msg}")
     if len(bad) > _MAX_RECORD_PROBLEMS:
