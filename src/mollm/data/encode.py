@@ -61,7 +61,8 @@ def encode_many(
     prompts = {q: fmt.prompt(tokenizer, q) for q in dict.fromkeys(r.question for r in records)}
     prompt_ids = dict(zip(prompts, _token_ids(tokenizer, list(prompts.values()))))
     answer_ids = _token_ids(tokenizer, [r.answer for r in records])
-    return [_assemble(r, prompt_ids[r.question], a, tokenizer.eos_token_id, max_length) for r, a in zip(records, answer_ids)]
+    eos = tokenizer.eos_token_id
+    return [_assemble(r, prompt_ids[r.question], a, eos, max_length) for r, a in zip(records, answer_ids)]
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
