@@ -123,6 +123,15 @@ def seed_stats(runs: Sequence[Mapping[str, Any]], keys: Iterable[str]) -> dict[s
     return out
 
 
+def mean_sd_cells(stats: Mapping[str, tuple[float, float]], keys: Iterable[str], n_seeds: int) -> list[str]:
+    """Table cells ``mean ± sd`` for ``keys`` ("—" where missing); with one seed just the mean, since a standard
+    deviation of one run is not a measurement."""
+    def cell(mean: float, sd: float) -> str:
+        return f"{mean:.3g} ± {sd:.2g}" if n_seeds > 1 else f"{mean:.3g}"
+
+    return [cell(*stats[k]) if k in stats else "—" for k in keys]
+
+
 # --- plots -----------------------------------------------------------------------------------------------------
 
 

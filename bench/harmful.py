@@ -319,7 +319,7 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
         plain = seeds[0]["plain"] or {}
         summary["chosen"][m] = {"lr": lr, "seeds": [q["train"]["seed"] for q in seeds], "mean_sd": stats,
                                 "plain": plain}
-        cells = [f"{stats[k][0]:.3g} ± {stats[k][1]:.2g}" if k in stats else "—" for k in keys]
+        cells = _bench.mean_sd_cells(stats, keys, len(seeds))
         lines.append(f"| {m} | {lr:g} | {len(seeds)} | " + " | ".join(cells)
                      + f" | {_fmt(plain.get('unseen/judge'))} / {_fmt(plain.get('unseen/keyword'))} |")
     lines += ["", f"Original under the plain template: unseen harmful {_fmt(base_plain.get('unseen/judge'))} (judge) / "

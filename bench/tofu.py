@@ -532,7 +532,7 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
             lines.append(f"| {m} | none admissible |" + " |" * (len(COLUMNS) + 1))
             continue
         summary["chosen"][m] = {"lr": lr, "seeds": [q["train"]["seed"] for q in seeds], "mean_sd": stats}
-        cells = [f"{stats[k][0]:.3g} ± {stats[k][1]:.2g}" if k in stats else "—" for k in keys]
+        cells = _bench.mean_sd_cells(stats, keys, len(seeds))
         lines.append(f"| {m} | {lr:g} | {len(seeds)} | " + " | ".join(cells) + " |")
     if seconds:
         n = len(summary["grid"])

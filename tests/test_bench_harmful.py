@@ -149,3 +149,11 @@ def test_log_summary_tells_the_two_conflicts_apart(tmp_path: Path) -> None:
     assert got["forget_grad_norm"] == [1.0, 3.0, 2.0] and got["forget_grad_norm_max"] == 3.0
     assert got["seconds_per_step"] == 3.0 and got["steps"] == 3
     assert bench.log_summary(tmp_path, 1)["gradient_conflict_probability"] is None
+
+
+def test_one_seed_shows_its_mean_without_a_spread() -> None:
+    bench = sys.modules["_bench"]  # bench/harmful.py imported it (bench/_bench.py)
+    runs = [{"a": 0.25, "b": 1.0}, {"a": 0.75, "b": 1.0}]
+    stats = bench.seed_stats(runs, ["a", "b", "c"])
+    assert bench.mean_sd_cells(stats, ["a", "b", "c"], 2) == ["0.5 ± 0.35", "1 ± 0", "—"]
+    assert bench.mean_sd_cells(bench.seed_stats(runs[:1], ["a"]), ["a"], 1) == ["0.25"]
