@@ -181,10 +181,14 @@ def png_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def method_colours(methods: Sequence[str]) -> dict[str, Any]:
-    """One colour per method (tab20)."""
-    plt = pyplot()
-    return {m: plt.cm.tab20(i / max(1, len(methods) - 1)) for i, m in enumerate(methods)}
+_MARKERS = ("o", "s", "^", "D", "v", "P", "<", ">", "h", "p", "d", "H")
+_COLOURS = tuple(f"C{i}" for i in range(10)) + ("navy", "gold")  # tab10, then two that none of it resembles
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """One (colour, marker) per method, both distinct for up to 12 methods, so that the benchmarks' 11 stay apart in
+    print and for colour-blind readers."""
+    return {m: (_COLOURS[i % len(_COLOURS)], _MARKERS[i % len(_MARKERS)]) for i, m in enumerate(methods)}
 
 
 def tradeoff_scatter(
@@ -193,30 +197,37 @@ def tradeoff_scatter(
     xkey: str,
     ykey: str,
     chosen: Mapping[str, float | None],
-    colours: Mapping[str, Any],
+    styles: Mapping[str, tuple[Any, str]],
     *,
     minimize: tuple[bool, bool] = (True, True),
 ) -> None:
-    """Every grid point (``{"method", "lr", "metrics"}``) at (``metrics[xkey]``, ``metrics[ykey]``): dominated
-    points faded, each method's chosen point (``chosen[method]`` is its learning rate) a star, the Pareto front (in
-    the ``minimize`` directions) as a staircase; each method is labelled once."""
+    """Every grid point (``{"method", "lr", "metrics"}``) at (``metrics[xkey]``, ``metrics[ykey]``) in its method's
+    style (:func:`method_styles`): dominated points faded, each method's chosen point (``chosen[method]`` is its
+    learning rate) large with a black edge, the Pareto front (in the ``minimize`` directions) as a staircase."""
     from mollm.reports import pareto_front
 
     pts = [(g["metrics"].get(xkey), g["metrics"].get(ykey), g) for g in grid]
     pts = [(x, y, g) for x, y, g in pts if x is not None and y is not None]
     front = pareto_front([(x, y) for x, y, _ in pts], minimize=minimize)
-    first_lr = {}
-    for g in grid:
-        first_lr[g["method"]] = min(first_lr.get(g["method"], g["lr"]), g["lr"])
     for (x, y, g), on in zip(pts, front):
         star = chosen.get(g["method"]) == g["lr"]
-        ax.scatter(x, y, color=colours[g["method"]], s=90 if star else 30, marker="*" if star else "o",
-                   alpha=1.0 if on or star else 0.45, edgecolors="k" if star else "none",
-                   label=g["method"] if g["lr"] == first_lr[g["method"]] else None)
+        colour, marker = styles[g["method"]]
+        ax.scatter(x, y, color=colour, marker=marker, s=110 if star else 30, alpha=1.0 if on or star else 0.4,
+                   edgecolors="k" if star else "none", linewidths=1.2, zorder=3 if star else 2)
     line = sorted((x, y) for (x, y, _), on in zip(pts, front) if on)
     if line:  # the boundary of the dominated region: "post" when both axes are minimised, "pre" when maximised
         where = "post" if all(minimize) else "pre"
-        ax.step([p[0] for p in line], [p[1] for p in line], where=where, color="k", lw=1, alpha=0.6)
+        ax.step([p[0] for p in line], [p[1] for p in line], where=where, color="k", lw=1, alpha=0.6, zorder=1)
+
+
+def method_legend(ax: Any, styles: Mapping[str, tuple[Any, str]], extra: Sequence[Any] = (), **kwargs: Any) -> None:
+    """A legend with one solid entry per method, one for "chosen point" and the ``extra`` handles after them."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="none", marker=mk, color=c, label=m) for m, (c, mk) in styles.items()]
+    handles.append(Line2D([], [], ls="none", marker="o", markersize=9, markerfacecolor="white",
+                          markeredgecolor="k", label="chosen point (large)"))
+    ax.legend(handles=handles + list(extra), **kwargs)
 
 
 def grad_norm_plot(out: Path, methods: Sequence[str], lrs: Sequence[float], seed: int = 0) -> bytes:

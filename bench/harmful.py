@@ -351,16 +351,18 @@ def _settings(lrs: list[float]) -> dict[str, Any]:
 
 
 def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
+    from matplotlib.lines import Line2D
+
     plt = _bench.pyplot()
     base = summary["original"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    colours = _bench.method_colours(list(dict.fromkeys(g["method"] for g in summary["grid"])))
+    styles = _bench.method_styles(list(dict.fromkeys(g["method"] for g in summary["grid"])))
     chosen = {m: c.get("lr") for m, c in summary["chosen"].items()}
     for ax, (ykey, ylabel) in zip(axes, [("normal/fluency", "normal-prompt answer perplexity (original model)"),
                                          ("normal/nll", "TruthfulQA answer NLL")]):
-        _bench.tradeoff_scatter(ax, summary["grid"], PRIMARY, ykey, chosen, colours)
+        _bench.tradeoff_scatter(ax, summary["grid"], PRIMARY, ykey, chosen, styles)
         if base.get(PRIMARY) is not None and base.get(ykey) is not None:
-            ax.scatter(base[PRIMARY], base[ykey], marker="X", color="k", s=80, label="original")
+            ax.scatter(base[PRIMARY], base[ykey], marker="X", color="k", s=80, zorder=4)
             bound = RULE.get(ykey)
             if bound is not None:
                 ax.axhline(base[ykey] * bound[1], color="grey", ls="--", lw=0.8)
@@ -368,8 +370,10 @@ def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
         ax.set_xlabel("unseen-prompt harmful rate (trained judge)")
         ax.set_ylabel(f"{ylabel} (log scale)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    fig.suptitle("Every grid point (faded: dominated); stars: each method's chosen point; dashed: the rule's bound")
+    original = Line2D([], [], ls="none", marker="X", color="k", markersize=9, label="original")
+    _bench.method_legend(axes[0], styles, [original], fontsize=7, ncol=2)
+    fig.suptitle("Every grid point (faded: dominated; large, black edge: each method's chosen point; "
+                 "line: Pareto front; dashed: the rule's bound)")
     return _bench.png_bytes(fig)
 
 

@@ -561,26 +561,37 @@ def _settings(lrs: list[float]) -> dict[str, Any]:
 
 
 def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
+    from matplotlib.lines import Line2D
+
     plt = _bench.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 6))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     grid = [g for g in summary["grid"] if (g["metrics"].get(PRIMARY) or 0) > 0]  # log scale: p-values > 0 only
-    colours = _bench.method_colours(list(dict.fromkeys(g["method"] for g in summary["grid"])))
+    styles = _bench.method_styles(list(dict.fromkeys(g["method"] for g in summary["grid"])))
     chosen = {m: c.get("lr") for m, c in summary["chosen"].items()}
-    _bench.tradeoff_scatter(ax, grid, UTILITY, PRIMARY, chosen, colours, minimize=(False, False))
-    for label, m, marker, colour in (("target", summary["target"], "X", "k"),
-                                     ("retain model", summary["retain"], "P", "tab:red")):
-        if m.get(UTILITY) is not None and (m.get(PRIMARY) or 0) > 0:
-            ax.scatter(m[UTILITY], m[PRIMARY], marker=marker, color=colour, s=90, label=label, alpha=0.8)
-    if summary["target"].get(UTILITY) is not None:
-        ax.axvline(summary["target"][UTILITY] * UTILITY_FLOOR, color="grey", ls="--", lw=0.8)
-    ax.axhline(0.05, color="grey", ls=":", lw=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("model utility (TOFU: retain, real authors, world facts)")
-    ax.set_ylabel("forget quality (KS-test p-value against the retain model)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Every grid point (faded: dominated); stars: chosen points;\n"
-                 "dashed: the rule's utility floor; dotted: p = 0.05", fontsize=9)
+    references = [("target", summary["target"], "X", "k"), ("retain model", summary["retain"], "*", "k")]
+    floor = summary["target"].get(UTILITY)
+    floor = floor * UTILITY_FLOOR if floor is not None else None
+    for ax, zoom in zip(axes, (False, True)):
+        _bench.tradeoff_scatter(ax, grid, UTILITY, PRIMARY, chosen, styles, minimize=(False, False))
+        for _, m, marker, colour in references:
+            if m.get(UTILITY) is not None and (m.get(PRIMARY) or 0) > 0:
+                ax.scatter(m[UTILITY], m[PRIMARY], marker=marker, color=colour, s=150, alpha=0.85, zorder=4)
+        if floor is not None:
+            ax.axvline(floor, color="grey", ls="--", lw=0.8)
+            if zoom:  # the admissible side of the floor, where the chosen points are
+                xs = [g["metrics"][UTILITY] for g in grid if g["metrics"].get(UTILITY) is not None]
+                xs += [m[UTILITY] for _, m, _, _ in references if m.get(UTILITY) is not None]
+                ax.set_xlim(floor - 0.02, max(xs) + 0.01)
+        ax.axhline(0.05, color="grey", ls=":", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("model utility (TOFU: retain, real authors, world facts)")
+        ax.grid(alpha=0.3)
+        ax.set_title("zoom: the admissible side of the utility floor" if zoom else "every grid point", fontsize=10)
+    axes[0].set_ylabel("forget quality (KS-test p-value against the retain model)")
+    extra = [Line2D([], [], ls="none", marker=mk, color=c, markersize=10, label=label) for label, _, mk, c in references]
+    _bench.method_legend(axes[0], styles, extra, fontsize=7, ncol=2, loc="center left")
+    fig.suptitle("Forget quality against model utility, seed 0 (faded: dominated; line: Pareto front; "
+                 "dashed: the rule's utility floor; dotted: p = 0.05)", fontsize=10)
     return _bench.png_bytes(fig)
 
 
