@@ -588,7 +588,8 @@ def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
         ax.grid(alpha=0.3)
         ax.set_title("zoom: the admissible side of the utility floor" if zoom else "every grid point", fontsize=10)
     axes[0].set_ylabel("forget quality (KS-test p-value against the retain model)")
-    extra = [Line2D([], [], ls="none", marker=mk, color=c, markersize=10, label=label) for label, _, mk, c in references]
+    extra = [Line2D([], [], ls="none", marker=mk, color=c, markersize=10, label=label)
+             for label, _, mk, c in references]
     _bench.method_legend(axes[0], styles, extra, fontsize=7, ncol=2, loc="center left")
     fig.suptitle("Forget quality against model utility, seed 0 (faded: dominated; line: Pareto front; "
                  "dashed: the rule's utility floor; dotted: p = 0.05)", fontsize=10)
