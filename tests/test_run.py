@@ -359,3 +359,19 @@ def test_adamw_is_the_fused_kernel_on_cpu_and_fused_false_is_torchs_default(tmp_
     assert moved > 1e-3
     diff = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert diff < 1e-5  # rounding only (1.7e-6 measured, while the 4 steps move weights by 4e-3)
+
+
+def test_a_stalled_direction_is_warned_about(tmp_path, tokenizer, caplog):
+    # At step 1 the model is its reference, so KL's gradient is 0 and `mgda`'s min-norm point is the zero vector.
+    objectives = [
+        {"name": "forget", "loss": "ga", "data": "forget", "batch_size": 2},
+        {"name": "kl", "loss": "kl", "data": "retain", "batch_size": 2},
+        {"name": "retain", "loss": "nll", "data": "retain", "batch_size": 2},
+    ]
+    stalled = "the aggregated direction is ~0"
+    for aggregator, warned in (("mgda", True), ("ds_mgda", False)):
+        caplog.clear()
+        config = _config(tmp_path, name=aggregator, steps=1, objectives=objectives, aggregator={"name": aggregator})
+        with caplog.at_level("WARNING", logger="mollm"):
+            run(config, model=tiny_model(), tokenizer=tokenizer, progress=False)
+        assert any(stalled in r.getMessage() and "step 1" in r.getMessage() for r in caplog.records) is warned

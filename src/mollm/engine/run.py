@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mollm.models.reference import Reference
 
 log = logging.getLogger("mollm")
+_STALLED = 1e-4  # ‖d‖ below this fraction of the largest gradient norm: the aggregator found no descent direction
 
 
 class RunError(RuntimeError):
@@ -346,6 +347,14 @@ def _update(stats: StepStats, record: dict[str, Any], optimizer: Any, scheduler:
         log.warning("step %d: non-finite loss or gradient (%s); step skipped", record["step"], stats.reason)
         optimizer.zero_grad(set_to_none=True)
         return False
+    largest = max(stats.grad_norms, default=0.0)
+    if largest > 0 and stats.direction_norm <= _STALLED * largest:
+        # Not an error (the point is Pareto-stationary for the aggregator) but a run that does not move: say why.
+        log.warning(
+            "step %d: the aggregated direction is ~0 (norm %.2g, largest gradient norm %.2g): no common descent "
+            "direction here; with `mgda`, one objective with a zero gradient (KL at its reference, as at step 1) "
+            "makes it 0", record["step"], stats.direction_norm, largest,
+        )
     if config.grad_clip is not None:
         record["clipped_norm"] = stats.direction_norm  # ‖d‖ before clipping (the step clipped), as clip_grad_norm_
     optimizer.step()
