@@ -454,6 +454,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("forget/rouge_l", "forget ROUGE-L"),
     ("forget/probability", "forget prob."),
     ("forget/forget_quality.truth_ratio", "forget truth ratio"),
+    ("forget/forget_quality.ks_statistic", "KS D"),  # forget quality's statistic: less cliff-like than its p-value
     ("forget/mia", "MIA AUC (Min-K%)"),
     ("forget/mia.privleak_min_k", "privleak (Min-K%)"),
     ("retain/probability", "retain prob."),
@@ -524,20 +525,32 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
                          + f" | {_fmt(t['seconds_per_step'])} | {_fmt(t.get('train_seconds'))}"
                          + f" | {_fmt(p['eval_seconds'])} |")
     lines += ["", "# Chosen points (rule in bench/README.md), mean ± sd over seeds", "",
-              "| method | lr | seeds | " + header + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
+              "| method | lr | seeds | " + header + " | forget quality by seed | max forget grad norm |",
+              "|---|---|---|" + "---|" * (len(COLUMNS) + 2)]
     keys = [c[0] for c in COLUMNS]
+    seed_seconds: list[float] = []
     for m, lr, seeds, stats in _bench.chosen_points(methods, grid, choose, target, _cached_point, SEEDS, "metrics", keys):
         if lr is None:
             summary["chosen"][m] = {"lr": None, "note": "no admissible grid point"}
             lines.append(f"| {m} | none admissible |" + " |" * (len(COLUMNS) + 1))
             continue
-        summary["chosen"][m] = {"lr": lr, "seeds": [q["train"]["seed"] for q in seeds], "mean_sd": stats}
+        by_seed = [q["metrics"].get(PRIMARY) for q in seeds]
+        grad_max = max((q["train"]["forget_grad_norm_max"] for q in seeds
+                        if q["train"].get("forget_grad_norm_max") is not None), default=None)
+        summary["chosen"][m] = {"lr": lr, "seeds": [q["train"]["seed"] for q in seeds], "mean_sd": stats,
+                                "forget_quality_by_seed": by_seed, "forget_grad_norm_max": grad_max}
         cells = _bench.mean_sd_cells(stats, keys, len(seeds))
-        lines.append(f"| {m} | {lr:g} | {len(seeds)} | " + " | ".join(cells) + " |")
+        for q in seeds[1:]:  # seed 0 is a grid point, timed above
+            seed_seconds.append(sum(v for v in (q["train"].get("train_seconds"), q["eval_seconds"]) if v is not None))
+        lines.append(f"| {m} | {lr:g} | {len(seeds)} | " + " | ".join(cells)
+                     + f" | {' / '.join(_fmt(v) for v in by_seed)} | {_fmt(grad_max)} |")
     if seconds:
         n = len(summary["grid"])
         lines += ["", (f"Measured: {n} grid point(s) took {sum(seconds) / 60:.0f} min of training and evaluation "
                        f"({sum(seconds) / n:.0f} s per point).")]
+    if seed_seconds:
+        lines += ["", (f"Seeds: {len(seed_seconds)} more point(s) took {sum(seed_seconds) / 60:.0f} min "
+                       f"({sum(seed_seconds) / len(seed_seconds):.0f} s per point).")]
     atomic_write_text(OUT / "report.md", "\n".join(lines) + "\n")
     atomic_write_bytes(OUT / "fq_vs_mu.png", _tradeoff_plot(summary))
     atomic_write_bytes(OUT / "grad_norms.png", _bench.grad_norm_plot(OUT, methods, lrs))

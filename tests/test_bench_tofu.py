@@ -156,9 +156,12 @@ def test_report_from_cached_points(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert mean == pytest.approx(0.2) and sd == pytest.approx(0.1)
     report = (tmp_path / "report.md").read_text()
     assert "| ga | 0.0001 | 3 | 0.2 ± 0.1 |" in report
+    assert summary["chosen"]["ga"]["forget_quality_by_seed"] == pytest.approx([0.1, 0.2, 0.3])
+    assert " | 0.1 / 0.2 / 0.3 | 2 |" in report  # each seed's forget quality, the gradient norm's max over seeds
     assert "| ga | 1e-05 | yes | 0.001 |" in report
     assert "| target (all 40 authors) | 1e-06 | 0.5 |" in report
     assert "2 grid point(s) took 4 min" in report
+    assert "Seeds: 2 more point(s) took 4 min (120 s per point)." in report
     assert "admissible: model utility >= 0.9 x the target's (0.45)" in report
     assert (tmp_path / "fq_vs_mu.png").stat().st_size > 0 and (tmp_path / "grad_norms.png").stat().st_size > 0
 
