@@ -538,7 +538,8 @@ def write_report(methods: list[str], lrs: list[float]) -> dict[str, Any]:
         grad_max = max((q["train"]["forget_grad_norm_max"] for q in seeds
                         if q["train"].get("forget_grad_norm_max") is not None), default=None)
         summary["chosen"][m] = {"lr": lr, "seeds": [q["train"]["seed"] for q in seeds], "mean_sd": stats,
-                                "forget_quality_by_seed": by_seed, "forget_grad_norm_max": grad_max}
+                                "forget_quality_by_seed": by_seed, "forget_grad_norm_max": grad_max,
+                                "model_utility_by_seed": [q["metrics"].get(UTILITY) for q in seeds]}
         cells = _bench.mean_sd_cells(stats, keys, len(seeds))
         for q in seeds[1:]:  # seed 0 is a grid point, timed above
             seed_seconds.append(sum(v for v in (q["train"].get("train_seconds"), q["eval_seconds"]) if v is not None))
@@ -586,6 +587,12 @@ def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
     floor = floor * UTILITY_FLOOR if floor is not None else None
     for ax, zoom in zip(axes, (False, True)):
         _bench.tradeoff_scatter(ax, grid, UTILITY, PRIMARY, chosen, styles, minimize=(False, False))
+        for m, c in summary["chosen"].items():  # seeds 1, 2 of each chosen point: hollow, in the method's style
+            seeds = list(zip(c.get("model_utility_by_seed", []), c.get("forget_quality_by_seed", [])))[1:]
+            seeds = [(x, y) for x, y in seeds if x is not None and (y or 0) > 0]
+            if seeds:
+                colour, marker = styles[m]
+                ax.scatter(*zip(*seeds), marker=marker, facecolors="none", edgecolors=colour, s=70, lw=1.5, zorder=5)
         for _, m, marker, colour in references:
             if m.get(UTILITY) is not None and (m.get(PRIMARY) or 0) > 0:
                 ax.scatter(m[UTILITY], m[PRIMARY], marker=marker, color=colour, s=150, alpha=0.85, zorder=4)
@@ -604,8 +611,9 @@ def _tradeoff_plot(summary: dict[str, Any]) -> bytes:
     extra = [Line2D([], [], ls="none", marker=mk, color=c, markersize=10, label=label)
              for label, _, mk, c in references]
     _bench.method_legend(axes[0], styles, extra, fontsize=7, ncol=2, loc="center left")
-    fig.suptitle("Forget quality against model utility, seed 0 (faded: dominated; line: Pareto front; "
-                 "dashed: the rule's utility floor; dotted: p = 0.05)", fontsize=10)
+    fig.suptitle("Forget quality against model utility: the seed-0 grid (faded: dominated; line: Pareto front), "
+                 "hollow: the chosen points' seeds 1-2; dashed: the rule's utility floor; dotted: p = 0.05",
+                 fontsize=10)
     return _bench.png_bytes(fig)
 
 

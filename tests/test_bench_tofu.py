@@ -157,6 +157,7 @@ def test_report_from_cached_points(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     report = (tmp_path / "report.md").read_text()
     assert "| ga | 0.0001 | 3 | 0.2 ± 0.1 |" in report
     assert summary["chosen"]["ga"]["forget_quality_by_seed"] == pytest.approx([0.1, 0.2, 0.3])
+    assert summary["chosen"]["ga"]["model_utility_by_seed"] == pytest.approx([TARGET["model_utility"]] * 3)
     assert " | 0.1 / 0.2 / 0.3 | 2 |" in report  # each seed's forget quality, the gradient norm's max over seeds
     assert "| ga | 1e-05 | yes | 0.001 |" in report
     assert "| target (all 40 authors) | 1e-06 | 0.5 |" in report
